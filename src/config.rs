@@ -1,0 +1,120 @@
+//! Validation of the numbers users pass in (TTLs, timeouts, sizes), with the error types
+//! `threading` and DESIGN.md promise. Nothing here touches shared state, so a bad argument
+//! is rejected before anything changes.
+
+use crate::errors::{Error, Result};
+
+/// `threading.TIMEOUT_MAX` on 64-bit Linux and macOS (`PY_TIMEOUT_MAX` in seconds).
+pub const TIMEOUT_MAX: f64 = 9_223_372_036.0;
+
+fn finite_non_negative(name: &str, v: f64) -> Result<f64> {
+    if v.is_nan() {
+        return Err(Error::Value(format!("{name} must be a number, not NaN")));
+    }
+    if v < 0.0 {
+        return Err(Error::Value(format!(
+            "{name} must be non-negative, got {v}"
+        )));
+    }
+    Ok(v)
+}
+
+/// A TTL in seconds to nanoseconds; `None` (or infinity) means no limit, encoded as 0.
+pub fn ttl_ns(name: &str, v: Option<f64>) -> Result<u64> {
+    let Some(v) = v else { return Ok(0) };
+    let v = finite_non_negative(name, v)?;
+    if v == 0.0 {
+        return Err(Error::Value(format!(
+            "{name} must be > 0 (use None for no limit)"
+        )));
+    }
+    if v.is_infinite() {
+        return Ok(0);
+    }
+    Ok((v * 1e9).min(u64::MAX as f64).max(1.0) as u64)
+}
+
+/// `timeout=None` style: `None` waits forever; otherwise seconds >= 0.
+pub fn optional_timeout(name: &str, v: Option<f64>) -> Result<Option<f64>> {
+    match v {
+        None => Ok(None),
+        Some(v) => {
+            let v = finite_non_negative(name, v)?;
+            if v > TIMEOUT_MAX {
+                return Err(Error::Overflow(format!("{name} value is too large")));
+            }
+            Ok(Some(v))
+        }
+    }
+}
+
+#[allow(clippy::float_cmp)] // reason: -1 is threading's exact sentinel for "no timeout"
+/// `threading.Lock.acquire(blocking, timeout)` argument rules. Returns `None` for "wait
+/// forever", `Some(0.0)` for a non-blocking attempt.
+pub fn rlock_timeout(blocking: bool, timeout: f64) -> Result<Option<f64>> {
+    if !blocking {
+        if timeout != -1.0 {
+            return Err(Error::Value(
+                "can't specify a timeout for a non-blocking call".into(),
+            ));
+        }
+        return Ok(Some(0.0));
+    }
+    if timeout == -1.0 {
+        return Ok(None);
+    }
+    if timeout.is_nan() {
+        return Err(Error::Value("Invalid value NaN (not a number)".into()));
+    }
+    if timeout < 0.0 {
+        return Err(Error::Value(
+            "timeout value must be a non-negative number".into(),
+        ));
+    }
+    if timeout > TIMEOUT_MAX {
+        return Err(Error::Overflow("timeout value is too large".into()));
+    }
+    Ok(Some(timeout))
+}
+
+pub fn max_sessions(v: Option<i64>) -> Result<usize> {
+    match v {
+        None => Ok(0),
+        Some(n) if n >= 1 => Ok(usize::try_from(n).unwrap_or(usize::MAX)),
+        Some(n) => Err(Error::Value(format!(
+            "max_sessions must be >= 1 or None, got {n}"
+        ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_rules() {
+        assert_eq!(ttl_ns("t", None).unwrap(), 0);
+        assert_eq!(ttl_ns("t", Some(f64::INFINITY)).unwrap(), 0);
+        assert_eq!(ttl_ns("t", Some(1.5)).unwrap(), 1_500_000_000);
+        assert!(ttl_ns("t", Some(-1.0)).is_err());
+        assert!(ttl_ns("t", Some(f64::NAN)).is_err());
+        assert!(ttl_ns("t", Some(0.0)).is_err());
+    }
+
+    #[test]
+    fn rlock_rules_match_threading() {
+        assert_eq!(rlock_timeout(true, -1.0).unwrap(), None);
+        assert_eq!(rlock_timeout(false, -1.0).unwrap(), Some(0.0));
+        assert!(matches!(rlock_timeout(false, 1.0), Err(Error::Value(_))));
+        assert!(matches!(rlock_timeout(true, -2.0), Err(Error::Value(_))));
+        assert!(matches!(
+            rlock_timeout(true, f64::NAN),
+            Err(Error::Value(_))
+        ));
+        assert!(matches!(
+            rlock_timeout(true, 1e300),
+            Err(Error::Overflow(_))
+        ));
+        assert_eq!(rlock_timeout(true, 0.5).unwrap(), Some(0.5));
+    }
+}

@@ -1,0 +1,795 @@
+//! `BaseSessionManager`: the in-process session store exposed to Python.
+//!
+//! `Inner` joins the pure parts (store.rs, keylock.rs) and owns everything that needs
+//! Python: calling factories, update functions and `on_evict`, waking waiters, and dropping
+//! values that leave the map.
+//!
+//! Invariants (who may hold what):
+//! - Python code (factories, `fn`, `on_evict`, a `__del__` run by a drop, `__eq__`) runs only
+//!   when this thread holds no store shard lock, no key-lock table guard and no mutex of
+//!   ours. Every store/keylock call returns what left the map and we drop it afterwards.
+//! - The GIL is released only around a real wait (a thread queued for a session lock); the
+//!   fast paths (hit, insert, uncontended lock) keep it.
+//! - A session "held" under a session lock is pinned: it neither expires nor gets evicted
+//!   until released, and the release refreshes its idle clock.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use pyo3::gc::{PyTraverseError, PyVisit};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyType};
+
+use crate::config;
+use crate::errors::{Error, Result};
+use crate::keylock::{Cancel, KeyLocks, Outcome, Owner, Waiter};
+use crate::pyglue::{self, current_owner, thread_id};
+use crate::session_lock::PySessionLock;
+use crate::store::{now_ns, Get, Insert, Remove, Store, Ttl};
+
+/// How a queued waiter is woken once the lock has been handed to it.
+#[derive(Debug)]
+pub enum Wake {
+    Thread(Arc<Signal>),
+    /// An asyncio future on `event_loop`, resolved with `True` on the loop's thread.
+    Task {
+        fut: Py<PyAny>,
+        event_loop: Py<PyAny>,
+    },
+}
+
+#[derive(Default, Debug)]
+pub struct Signal {
+    granted: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Signal {
+    fn grant(&self) {
+        *self.granted.lock() = true;
+        self.cv.notify_one();
+    }
+
+    /// Waits up to `step`; true once granted. Called with the GIL released.
+    fn wait(&self, step: Duration) -> bool {
+        let mut g = self.granted.lock();
+        if !*g {
+            self.cv.wait_for(&mut g, step);
+        }
+        *g
+    }
+}
+
+/// Longest uninterrupted GIL-free sleep, so that Ctrl-C reaches a waiting thread promptly.
+const WAIT_STEP: Duration = Duration::from_millis(50);
+
+#[derive(Default)]
+pub struct Stats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub creates: AtomicU64,
+    pub expired: AtomicU64,
+    pub evicted: AtomicU64,
+    pub lock_acquires: AtomicU64,
+    pub lock_contended: AtomicU64,
+    pub lock_timeouts: AtomicU64,
+    pub lock_wait_ns: AtomicU64,
+    pub factory_runs: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+pub struct Inner {
+    pub store: Store<Py<PyAny>>,
+    pub locks: KeyLocks<Wake>,
+    idle_ns: AtomicU64,
+    absolute_ns: AtomicU64,
+    max_sessions: AtomicUsize,
+    on_evict: Mutex<Option<Py<PyAny>>>,
+    pub stats: Stats,
+    next_sweep: AtomicU64,
+    sweep_cursor: AtomicUsize,
+}
+
+type Departed = Vec<(Box<str>, Py<PyAny>)>;
+
+impl Inner {
+    fn new() -> Self {
+        Self {
+            store: Store::new(),
+            locks: KeyLocks::new(),
+            idle_ns: AtomicU64::new(0),
+            absolute_ns: AtomicU64::new(0),
+            max_sessions: AtomicUsize::new(0),
+            on_evict: Mutex::new(None),
+            stats: Stats::default(),
+            next_sweep: AtomicU64::new(0),
+            sweep_cursor: AtomicUsize::new(0),
+        }
+    }
+
+    #[inline]
+    pub fn ttl(&self) -> Ttl {
+        Ttl {
+            idle_ns: self.idle_ns.load(Ordering::Relaxed),
+            absolute_ns: self.absolute_ns.load(Ordering::Relaxed),
+        }
+    }
+
+    #[inline]
+    fn now(&self, ttl: Ttl) -> u64 {
+        // The clock is only needed for expiry and LRU; skip it when neither is configured.
+        if ttl.is_enabled() || self.max_sessions.load(Ordering::Relaxed) != 0 {
+            now_ns()
+        } else {
+            0
+        }
+    }
+
+    fn held(&self) -> impl Fn(&str) -> bool + '_ {
+        |k: &str| self.locks.is_held(k)
+    }
+
+    // ---- reading -------------------------------------------------------------------------
+
+    /// The live value of `key` (pinned-but-expired counts as live), reclaiming it if expired.
+    pub fn get(&self, py: Python<'_>, key: &str, count: bool) -> Option<Py<PyAny>> {
+        let ttl = self.ttl();
+        let now = self.now(ttl);
+        let found = match self.store.get(key, now, ttl, true, |v| v.clone_ref(py)) {
+            Get::Hit(v) => Some(v),
+            Get::Miss => None,
+            Get::Expired(v) => {
+                if self.locks.is_held(key) {
+                    Some(v)
+                } else {
+                    drop(v);
+                    self.reclaim_expired(py, key, now, ttl);
+                    None
+                }
+            }
+        };
+        if count {
+            bump(if found.is_some() {
+                &self.stats.hits
+            } else {
+                &self.stats.misses
+            });
+        }
+        self.housekeep(py, now, ttl);
+        found
+    }
+
+    fn reclaim_expired(&self, py: Python<'_>, key: &str, now: u64, ttl: Ttl) {
+        if let Some(gone) = self.store.remove_if_expired(key, now, ttl, &self.held()) {
+            self.notify(py, vec![gone], "expired");
+        }
+    }
+
+    /// Amortized expiry: at most one shard is swept per call, and only when its turn is due,
+    /// so every shard is visited about twice per (shortest) TTL.
+    fn housekeep(&self, py: Python<'_>, now: u64, ttl: Ttl) {
+        if !ttl.is_enabled() {
+            return;
+        }
+        let due = self.next_sweep.load(Ordering::Relaxed);
+        if now < due {
+            return;
+        }
+        let shortest = match (ttl.idle_ns, ttl.absolute_ns) {
+            (0, a) => a,
+            (i, 0) => i,
+            (i, a) => i.min(a),
+        };
+        let step = (shortest / (2 * self.store.shard_count() as u64)).max(1_000_000);
+        if self
+            .next_sweep
+            .compare_exchange(due, now + step, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return; // another caller took this turn
+        }
+        let shard = self.sweep_cursor.fetch_add(1, Ordering::Relaxed);
+        let gone = self.store.purge_shard(shard, now, ttl, &self.held());
+        self.notify(py, gone, "expired");
+    }
+
+    /// Calls `on_evict` for each departed session (outside every lock) and drops them.
+    fn notify(&self, py: Python<'_>, gone: Departed, reason: &'static str) {
+        if gone.is_empty() {
+            return;
+        }
+        let counter = if reason == "expired" {
+            &self.stats.expired
+        } else {
+            &self.stats.evicted
+        };
+        counter.fetch_add(gone.len() as u64, Ordering::Relaxed);
+        let cb = self.on_evict.lock().as_ref().map(|c| c.clone_ref(py));
+        for (key, value) in gone {
+            if let Some(cb) = &cb {
+                if let Err(err) = cb.call1(py, (&*key, &value, reason)) {
+                    pyglue::log_exception(
+                        py,
+                        &format!("on_evict({key:?}, ..., {reason:?}) raised"),
+                        &err,
+                    );
+                }
+            }
+            drop(value); // may run __del__: no lock of ours is held here
+        }
+    }
+
+    // ---- writing -------------------------------------------------------------------------
+
+    /// Inserts (`overwrite = false`: only if absent). Returns the outcome with values already
+    /// dropped except the one the caller may hand back.
+    fn insert(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        value: Py<PyAny>,
+        overwrite: bool,
+    ) -> Insert<Py<PyAny>> {
+        let ttl = self.ttl();
+        let now = self.now(ttl);
+        let outcome = match self
+            .store
+            .insert(key, value, now, ttl, &self.held(), overwrite)
+        {
+            Insert::Inserted { expired } => {
+                if let Some(old) = expired {
+                    self.notify(py, vec![old], "expired");
+                }
+                bump(&self.stats.creates);
+                self.enforce_capacity(py);
+                Insert::Inserted { expired: None }
+            }
+            other => other,
+        };
+        self.housekeep(py, now, ttl);
+        outcome
+    }
+
+    fn enforce_capacity(&self, py: Python<'_>) {
+        let max = self.max_sessions.load(Ordering::Relaxed);
+        if max == 0 {
+            return;
+        }
+        let mut gone = Vec::new();
+        while self.store.len() > max {
+            match self.store.evict_one(&self.held()) {
+                Some(v) => gone.push(v),
+                None => break, // everything left is held: over capacity until released
+            }
+        }
+        self.notify(py, gone, "evicted");
+    }
+
+    fn remove(&self, py: Python<'_>, key: &str) -> Option<Py<PyAny>> {
+        let ttl = self.ttl();
+        let now = self.now(ttl);
+        match self.store.remove(key, now, ttl, &self.held()) {
+            Remove::Removed(v) => Some(v),
+            Remove::Expired(k, v) => {
+                self.notify(py, vec![(k, v)], "expired");
+                None
+            }
+            Remove::Missing => None,
+        }
+    }
+
+    fn purge_all(&self, py: Python<'_>) -> usize {
+        let ttl = self.ttl();
+        let now = self.now(ttl);
+        let mut n = 0;
+        for shard in 0..self.store.shard_count() {
+            let gone = self.store.purge_shard(shard, now, ttl, &self.held());
+            n += gone.len();
+            self.notify(py, gone, "expired");
+        }
+        n
+    }
+
+    // ---- session locks -------------------------------------------------------------------
+
+    /// Takes the session lock for `owner`, waiting (GIL released) up to `timeout` seconds
+    /// (`None`: forever, `Some(0)`: not at all). Ok(false) when the wait ran out.
+    pub fn acquire_sync(
+        &self,
+        py: Python<'_>,
+        key: &str,
+        owner: Owner,
+        timeout: Option<f64>,
+    ) -> Result<bool> {
+        let wait = timeout != Some(0.0);
+        // A synchronous wait on a thread that runs an event loop blocks that loop.
+        let sync_on_loop = (owner.loop_thread != 0).then_some(owner.loop_thread);
+        let mut signal = None;
+        let outcome = self.locks.acquire(key, owner, wait, sync_on_loop, || {
+            let s = Arc::new(Signal::default());
+            signal = Some(s.clone());
+            Wake::Thread(s)
+        });
+        let id = match outcome {
+            Outcome::Acquired { .. } => {
+                bump(&self.stats.lock_acquires);
+                return Ok(true);
+            }
+            Outcome::Busy => return Ok(false),
+            Outcome::Deadlock => {
+                return Err(Error::Deadlock(format!(
+                "waiting for session {key:?} here would deadlock: it is held (or awaited) by an \
+                     asyncio task of the event loop running on this thread; use `async with` / \
+                     `await lock.acquire_async()`"
+            )))
+            }
+            Outcome::Queued(id) => id,
+        };
+        bump(&self.stats.lock_contended);
+        let signal = signal.expect("a queued waiter has a signal");
+        let start = Instant::now();
+        let deadline = timeout.map(|t| start + Duration::from_secs_f64(t));
+        let granted = loop {
+            let step = deadline.map_or(WAIT_STEP, |d| {
+                d.saturating_duration_since(Instant::now()).min(WAIT_STEP)
+            });
+            let sig = signal.clone();
+            if py.detach(move || sig.wait(step)) {
+                break Ok(true);
+            }
+            if let Err(err) = py.check_signals() {
+                self.abandon(py, key, id, owner);
+                break Err(Error::Py(err));
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break Ok(match self.locks.cancel(key, id, owner) {
+                    Cancel::Removed(_) | Cancel::Gone => false,
+                    Cancel::Granted => true,
+                });
+            }
+        };
+        self.stats
+            .lock_wait_ns
+            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        match granted {
+            Ok(true) => bump(&self.stats.lock_acquires),
+            Ok(false) => bump(&self.stats.lock_timeouts),
+            Err(_) => {}
+        }
+        granted
+    }
+
+    /// Withdraws a waiter that gives up; if the lock was handed to it meanwhile, passes it on.
+    pub fn abandon(&self, py: Python<'_>, key: &str, id: u64, owner: Owner) {
+        match self.locks.cancel(key, id, owner) {
+            Cancel::Removed(waiter) => drop(waiter),
+            Cancel::Granted => {
+                let _ = self.release(py, key, owner);
+            }
+            Cancel::Gone => {}
+        }
+    }
+
+    /// Releases one level of `owner`'s hold and wakes whoever the lock was handed to. A
+    /// waiter that can no longer be woken (its loop closed) is skipped: the lock moves on.
+    pub fn release(&self, py: Python<'_>, key: &str, owner: Owner) -> Result<()> {
+        let mut current = owner;
+        let mut first = true;
+        loop {
+            match self.locks.release(key, current) {
+                Err(_) if first => {
+                    return Err(Error::NotOwned(format!(
+                    "cannot release the lock of session {key:?}: not held by this thread or task"
+                )))
+                }
+                Err(_) | Ok(None) => break,
+                Ok(Some(waiter)) => {
+                    if wake(py, &waiter) {
+                        break;
+                    }
+                    current = waiter.owner;
+                }
+            }
+            first = false;
+        }
+        let ttl = self.ttl();
+        if ttl.idle_ns != 0 {
+            // The session was in use until now: its idle clock restarts at the release.
+            let _ = self.store.touch(key, now_ns(), ttl);
+        }
+        Ok(())
+    }
+}
+
+/// Wakes a waiter the lock was handed to; false if it cannot be woken any more.
+fn wake(py: Python<'_>, waiter: &Waiter<Wake>) -> bool {
+    match &waiter.payload {
+        Wake::Thread(signal) => {
+            signal.grant();
+            true
+        }
+        Wake::Task { fut, event_loop } => {
+            let res = if waiter.owner.loop_thread == thread_id() {
+                crate::session_lock::resolve_waiter(fut.bind(py))
+            } else {
+                crate::session_lock::resolver(py).and_then(|r| {
+                    event_loop
+                        .call_method1(py, "call_soon_threadsafe", (r, fut))
+                        .map(drop)
+                })
+            };
+            match res {
+                Ok(()) => true,
+                Err(err) => {
+                    pyglue::log_exception(
+                        py,
+                        "could not wake an asyncio lock waiter; passing the lock on",
+                        &err,
+                    );
+                    false
+                }
+            }
+        }
+    }
+}
+
+pub fn session_id<'a>(key: &'a Bound<'_, PyAny>) -> Result<&'a str> {
+    let s = key.cast::<PyString>().map_err(|_| {
+        Error::Type(format!(
+            "session_id must be str, not {}",
+            key.get_type()
+                .name()
+                .map_or_else(|_| "?".into(), |n| n.to_string())
+        ))
+    })?;
+    // SAFETY-free fast path: PyO3 caches the UTF-8 of a str, so this is a borrow.
+    let s = s.to_str()?;
+    if s.is_empty() {
+        return Err(Error::Value("session_id must be a non-empty str".into()));
+    }
+    Ok(s)
+}
+
+fn check_callable(name: &str, f: &Bound<'_, PyAny>) -> Result<()> {
+    if f.is_callable() {
+        Ok(())
+    } else {
+        Err(Error::Type(format!(
+            "{name} must be callable, not {}",
+            f.get_type().name()?
+        )))
+    }
+}
+
+/// In-process, concurrent store of per-session Python objects. See `_sessionlock.pyi`.
+#[pyclass(
+    frozen,
+    subclass,
+    weakref,
+    module = "sessionlock._sessionlock",
+    name = "BaseSessionManager"
+)]
+pub struct PyManager {
+    pub inner: Arc<Inner>,
+}
+
+#[pymethods]
+impl PyManager {
+    /// Accepts any arguments so that subclasses may define `__init__(self, db, **kw)`; the
+    /// configuration is read by `__init__`.
+    #[new]
+    #[pyo3(signature = (*_args, **_kwargs))]
+    fn new(_args: &Bound<'_, PyAny>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
+        Self {
+            inner: Arc::new(Inner::new()),
+        }
+    }
+
+    #[pyo3(signature = (*, idle_ttl=None, absolute_ttl=None, max_sessions=None, on_evict=None))]
+    fn __init__(
+        &self,
+        idle_ttl: Option<f64>,
+        absolute_ttl: Option<f64>,
+        max_sessions: Option<i64>,
+        on_evict: Option<Bound<'_, PyAny>>,
+    ) -> Result<()> {
+        // Validate everything before changing anything.
+        let idle = config::ttl_ns("idle_ttl", idle_ttl)?;
+        let absolute = config::ttl_ns("absolute_ttl", absolute_ttl)?;
+        let max = config::max_sessions(max_sessions)?;
+        let on_evict = on_evict.filter(|f| !f.is_none());
+        if let Some(f) = &on_evict {
+            check_callable("on_evict", f)?;
+        }
+        let i = &self.inner;
+        i.idle_ns.store(idle, Ordering::Relaxed);
+        i.absolute_ns.store(absolute, Ordering::Relaxed);
+        i.max_sessions.store(max, Ordering::Relaxed);
+        let old = std::mem::replace(&mut *i.on_evict.lock(), on_evict.map(Bound::unbind));
+        drop(old); // after the mutex guard is gone
+        Ok(())
+    }
+
+    #[classmethod]
+    fn __class_getitem__(cls: &Bound<'_, PyType>, item: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let ga = cls.py().import("types")?.getattr("GenericAlias")?;
+        Ok(ga.call1((cls, item))?.unbind())
+    }
+
+    fn create_session(&self, py: Python<'_>, context: Py<PyAny>) -> PyResult<String> {
+        let mut value = context;
+        loop {
+            let mut buf = uuid::Uuid::encode_buffer();
+            let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+            match self.inner.insert(py, id, value, false) {
+                Insert::Present { rejected } => value = rejected, // a uuid4 collision: draw again
+                _ => return Ok(id.to_owned()),
+            }
+        }
+    }
+
+    fn insert_session(
+        &self,
+        py: Python<'_>,
+        session_id: &Bound<'_, PyAny>,
+        context: Py<PyAny>,
+    ) -> Result<bool> {
+        let key = self::session_id(session_id)?;
+        Ok(match self.inner.insert(py, key, context, false) {
+            Insert::Inserted { .. } => true,
+            Insert::Present { rejected } => {
+                drop(rejected);
+                false
+            }
+            Insert::Replaced { .. } => unreachable!("insert_session never overwrites"),
+        })
+    }
+
+    #[pyo3(signature = (session_id, default=None))]
+    fn get_session(
+        &self,
+        py: Python<'_>,
+        session_id: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> Result<Option<Py<PyAny>>> {
+        let key = self::session_id(session_id)?;
+        Ok(self.inner.get(py, key, true).or(default))
+    }
+
+    fn _safe_get(
+        &self,
+        py: Python<'_>,
+        session_id: &Bound<'_, PyAny>,
+    ) -> Result<Option<Py<PyAny>>> {
+        self.get_session(py, session_id, None)
+    }
+
+    fn set_session(
+        &self,
+        py: Python<'_>,
+        session_id: &Bound<'_, PyAny>,
+        context: Py<PyAny>,
+    ) -> Result<Option<Py<PyAny>>> {
+        let key = self::session_id(session_id)?;
+        Ok(match self.inner.insert(py, key, context, true) {
+            Insert::Replaced { previous } => Some(previous),
+            _ => None,
+        })
+    }
+
+    fn get_or_create(
+        &self,
+        py: Python<'_>,
+        session_id: &Bound<'_, PyAny>,
+        factory: &Bound<'_, PyAny>,
+    ) -> Result<Py<PyAny>> {
+        let key = self::session_id(session_id)?;
+        check_callable("factory", factory)?;
+        let inner = &self.inner;
+        if let Some(v) = inner.get(py, key, true) {
+            return Ok(v);
+        }
+        // Miss: the session lock makes the factory run once; others queue behind it (FIFO,
+        // GIL released) and find the value when their turn comes.
+        let (owner, _) = current_owner(py)?;
+        inner.acquire_sync(py, key, owner, None)?;
+        if inner.locks.is_computing(key) {
+            inner.release(py, key, owner)?;
+            return Err(Error::Deadlock(format!(
+                "get_or_create({key:?}) was called again from its own factory"
+            )));
+        }
+        let result = (|| {
+            if let Some(v) = inner.get(py, key, false) {
+                return Ok(v);
+            }
+            inner.locks.set_computing(key, owner, true);
+            bump(&inner.stats.factory_runs);
+            let made = factory.call0();
+            inner.locks.set_computing(key, owner, false);
+            let made = made?.unbind();
+            Ok(match inner.insert(py, key, made.clone_ref(py), false) {
+                Insert::Present { rejected } => {
+                    // inserted/set by someone else meanwhile: theirs wins, ours is dropped
+                    drop(rejected);
+                    drop(made);
+                    inner.get(py, key, false).expect("present under our lock")
+                }
+                _ => made,
+            })
+        })();
+        inner.release(py, key, owner)?;
+        result
+    }
+
+    fn _safe_get_or_create(
+        &self,
+        py: Python<'_>,
+        session_id: &Bound<'_, PyAny>,
+        factory_func: &Bound<'_, PyAny>,
+    ) -> Result<Py<PyAny>> {
+        self.get_or_create(py, session_id, factory_func)
+    }
+
+    fn update(
+        &self,
+        py: Python<'_>,
+        session_id: &Bound<'_, PyAny>,
+        r#fn: &Bound<'_, PyAny>,
+    ) -> Result<Py<PyAny>> {
+        let key = self::session_id(session_id)?;
+        check_callable("fn", r#fn)?;
+        let inner = &self.inner;
+        let (owner, _) = current_owner(py)?;
+        inner.acquire_sync(py, key, owner, None)?;
+        let result = (|| {
+            let current = inner
+                .get(py, key, false)
+                .ok_or_else(|| Error::NotFound(format!("session {key:?} does not exist")))?;
+            let new = r#fn.call1((current,))?.unbind();
+            let ttl = inner.ttl();
+            match inner.store.replace_existing(
+                key,
+                new.clone_ref(py),
+                inner.now(ttl),
+                ttl,
+                &inner.held(),
+            ) {
+                Ok(old) => {
+                    drop(old);
+                    Ok(new)
+                }
+                Err(_) => Err(Error::NotFound(format!(
+                    "session {key:?} was deleted during update()"
+                ))),
+            }
+        })();
+        inner.release(py, key, owner)?;
+        result
+    }
+
+    fn delete_session(&self, py: Python<'_>, session_id: &Bound<'_, PyAny>) -> Result<bool> {
+        let key = self::session_id(session_id)?;
+        Ok(self.inner.remove(py, key).is_some())
+    }
+
+    fn _safe_delete(&self, py: Python<'_>, session_id: &Bound<'_, PyAny>) -> Result<bool> {
+        self.delete_session(py, session_id)
+    }
+
+    #[pyo3(signature = (session_id, default=None))]
+    fn pop_session(
+        &self,
+        py: Python<'_>,
+        session_id: &Bound<'_, PyAny>,
+        default: Option<Py<PyAny>>,
+    ) -> Result<Option<Py<PyAny>>> {
+        let key = self::session_id(session_id)?;
+        Ok(self.inner.remove(py, key).or(default))
+    }
+
+    fn touch(&self, py: Python<'_>, session_id: &Bound<'_, PyAny>) -> Result<bool> {
+        let key = self::session_id(session_id)?;
+        Ok(self.inner.get(py, key, false).is_some())
+    }
+
+    #[pyo3(signature = (session_id, *, timeout=None))]
+    fn lock(
+        slf: &Bound<'_, Self>,
+        session_id: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+    ) -> Result<PySessionLock> {
+        let key = self::session_id(session_id)?;
+        let timeout = config::optional_timeout("timeout", timeout)?;
+        Ok(PySessionLock::new(slf.get().inner.clone(), key, timeout))
+    }
+
+    fn purge_expired(&self, py: Python<'_>) -> usize {
+        self.inner.purge_all(py)
+    }
+
+    fn clear(&self, py: Python<'_>) -> usize {
+        let _ = py;
+        let all = self.inner.store.drain();
+        let n = all.len();
+        drop(all); // values dropped here, after the shard locks are gone
+        n
+    }
+
+    fn session_ids(&self, py: Python<'_>) -> Vec<String> {
+        let inner = &self.inner;
+        inner.purge_all(py);
+        let ttl = inner.ttl();
+        inner.store.keys(inner.now(ttl), ttl, &inner.held())
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = &self.inner.stats;
+        let d = PyDict::new(py);
+        d.set_item("sessions", self.__len__(py))?;
+        d.set_item("locks", self.inner.locks.len())?;
+        for (name, c) in [
+            ("hits", &s.hits),
+            ("misses", &s.misses),
+            ("creates", &s.creates),
+            ("expired", &s.expired),
+            ("evicted", &s.evicted),
+            ("lock_acquires", &s.lock_acquires),
+            ("lock_contended", &s.lock_contended),
+            ("lock_timeouts", &s.lock_timeouts),
+            ("lock_wait_ns", &s.lock_wait_ns),
+            ("factory_runs", &s.factory_runs),
+        ] {
+            d.set_item(name, c.load(Ordering::Relaxed))?;
+        }
+        Ok(d)
+    }
+
+    fn __len__(&self, py: Python<'_>) -> usize {
+        if self.inner.ttl().is_enabled() {
+            self.inner.purge_all(py);
+        }
+        self.inner.store.len()
+    }
+
+    fn __contains__(&self, py: Python<'_>, session_id: &Bound<'_, PyAny>) -> bool {
+        match self::session_id(session_id) {
+            Ok(key) => self.inner.get(py, key, false).is_some(),
+            Err(_) => false,
+        }
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
+        let name = slf.get_type().qualname()?;
+        Ok(format!("<{name} sessions={}>", slf.get().inner.store.len()))
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> std::result::Result<(), PyTraverseError> {
+        self.inner.store.try_for_each_value(|v| visit.call(v))?;
+        if let Some(cb) = self.inner.on_evict.try_lock() {
+            if let Some(cb) = &*cb {
+                visit.call(cb)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn __clear__(&self) {
+        let values = self.inner.store.drain();
+        let cb = self.inner.on_evict.lock().take();
+        drop(values);
+        drop(cb);
+    }
+}
+
+impl PyManager {
+    /// Used by `SessionLock.__enter__`: the current context without counting a hit.
+    pub fn context(inner: &Inner, py: Python<'_>, key: &str) -> Py<PyAny> {
+        inner.get(py, key, false).unwrap_or_else(|| py.None())
+    }
+}

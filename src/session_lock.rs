@@ -1,0 +1,468 @@
+//! `SessionLock`: the per-session lock handed out by `BaseSessionManager.lock()`, one lock
+//! for threads and asyncio tasks, plus the awaitable that asyncio waiters use.
+//!
+//! Why no pyo3-async-runtimes here: an asyncio waiter only needs to be woken on its own
+//! loop, so it waits on a plain `loop.create_future()` that the releaser resolves — directly
+//! when it runs on that loop's thread, else with `loop.call_soon_threadsafe`. No second
+//! runtime or thread is involved, and the uncontended path creates no future at all.
+//!
+//! Invariants for the async path:
+//! - A queued task waiter owns exactly one future; the lock is handed to it under the
+//!   key-lock guard (keylock.rs) and the future is resolved afterwards, outside every lock.
+//! - A waiter that goes away (cancelled, timed out, dropped before completion) is withdrawn
+//!   from the queue; if the lock had already been handed to it, it is released on its
+//!   behalf, so a hand-off is never swallowed. The future's done-callback is the one place
+//!   that handles cancellation; `throw()` handles a result that arrived but was not consumed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyTuple, PyType};
+
+use crate::config;
+use crate::errors::{Error, Result};
+use crate::keylock::{Outcome, Owner};
+use crate::manager::{Inner, PyManager, Wake};
+use crate::pyglue::current_owner;
+
+/// Resolves a waiter's future with `True` unless it is already done (cancelled).
+pub fn resolve_waiter(fut: &Bound<'_, PyAny>) -> PyResult<()> {
+    if !fut.call_method0("done")?.is_truthy()? {
+        fut.call_method1("set_result", (true,))?;
+    }
+    Ok(())
+}
+
+#[pyfunction]
+fn _resolve_waiter(fut: &Bound<'_, PyAny>) -> PyResult<()> {
+    resolve_waiter(fut)
+}
+
+/// `_resolve_waiter` as a Python callable, for `call_soon_threadsafe`.
+pub fn resolver(py: Python<'_>) -> PyResult<&Py<PyAny>> {
+    static RESOLVER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    RESOLVER.get_or_try_init(py, || {
+        Ok(wrap_pyfunction!(_resolve_waiter, py)?.into_any().unbind())
+    })
+}
+
+/// Per-session lock shared by threads and asyncio tasks (RLock interface + async).
+#[pyclass(
+    frozen,
+    weakref,
+    module = "sessionlock._sessionlock",
+    name = "SessionLock"
+)]
+pub struct PySessionLock {
+    inner: Arc<Inner>,
+    key: Box<str>,
+    /// Bounds the wait of `with` / `async with` (None: forever).
+    timeout: Option<f64>,
+}
+
+impl PySessionLock {
+    pub fn new(inner: Arc<Inner>, key: &str, timeout: Option<f64>) -> Self {
+        Self {
+            inner,
+            key: key.into(),
+            timeout,
+        }
+    }
+
+    fn timed_out(&self) -> Error {
+        Error::Timeout(format!(
+            "could not lock session {:?} within {}s",
+            self.key,
+            self.timeout.unwrap_or(0.0)
+        ))
+    }
+}
+
+#[pymethods]
+impl PySessionLock {
+    #[classmethod]
+    fn __class_getitem__(cls: &Bound<'_, PyType>, item: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let ga = cls.py().import("types")?.getattr("GenericAlias")?;
+        Ok(ga.call1((cls, item))?.unbind())
+    }
+
+    #[getter]
+    fn session_id(&self) -> &str {
+        &self.key
+    }
+
+    #[pyo3(signature = (blocking=None, timeout=-1.0), text_signature = "(self, /, blocking=True, timeout=-1)")]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        blocking: Option<&Bound<'_, PyAny>>,
+        timeout: f64,
+    ) -> Result<bool> {
+        let blocking = match blocking {
+            None => true,
+            Some(b) => b.is_truthy()?,
+        };
+        let timeout = config::rlock_timeout(blocking, timeout)?;
+        let (owner, _) = current_owner(py)?;
+        self.inner.acquire_sync(py, &self.key, owner, timeout)
+    }
+
+    fn release(&self, py: Python<'_>) -> Result<()> {
+        let (owner, _) = current_owner(py)?;
+        self.inner.release(py, &self.key, owner)
+    }
+
+    fn locked(&self) -> bool {
+        self.inner.locks.is_held(&self.key)
+    }
+
+    /// Used by `threading.Condition`: whether the caller holds this lock.
+    fn _is_owned(&self, py: Python<'_>) -> PyResult<bool> {
+        let (owner, _) = current_owner(py)?;
+        Ok(self.inner.locks.depth(&self.key, owner) > 0)
+    }
+
+    #[pyo3(signature = (timeout=None))]
+    fn acquire_async(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<PyAcquire> {
+        let timeout = config::optional_timeout("timeout", timeout)?;
+        PyAcquire::start(py, &self.inner, &self.key, timeout, false)
+    }
+
+    fn __enter__(&self, py: Python<'_>) -> Result<Py<PyAny>> {
+        let (owner, _) = current_owner(py)?;
+        if self
+            .inner
+            .acquire_sync(py, &self.key, owner, self.timeout)?
+        {
+            Ok(PyManager::context(&self.inner, py, &self.key))
+        } else {
+            Err(self.timed_out())
+        }
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> Result<bool> {
+        self.release(py)?;
+        Ok(false)
+    }
+
+    fn __aenter__(&self, py: Python<'_>) -> PyResult<PyAcquire> {
+        PyAcquire::start(py, &self.inner, &self.key, self.timeout, true)
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __aexit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> Result<PyAcquire> {
+        self.release(py)?;
+        Ok(PyAcquire::ready(self.inner.clone(), &self.key, py.None()))
+    }
+
+    fn __repr__(&self) -> String {
+        let state = if self.inner.locks.is_held(&self.key) {
+            "locked"
+        } else {
+            "unlocked"
+        };
+        format!("<sessionlock.SessionLock {:?} {state}>", self.key)
+    }
+}
+
+/// The awaitable returned by `acquire_async()` / `__aenter__` (an iterator in the
+/// `Future.__await__` protocol: it yields the loop future while waiting).
+#[pyclass(frozen, module = "sessionlock._sessionlock", name = "_Acquire")]
+pub struct PyAcquire {
+    inner: Arc<Inner>,
+    key: Box<str>,
+    owner: Owner,
+    /// None: settled at creation with `ready`.
+    fut: Option<Py<PyAny>>,
+    timer: Option<Py<PyAny>>,
+    ready: Option<Py<PyAny>>,
+    want_context: bool,
+    start: Instant,
+    /// The outcome was handed to the awaiting coroutine (or cleaned up): nothing to undo.
+    settled: AtomicBool,
+}
+
+impl PyAcquire {
+    fn ready(inner: Arc<Inner>, key: &str, value: Py<PyAny>) -> Self {
+        Self {
+            inner,
+            key: key.into(),
+            owner: Owner::thread(0),
+            fut: None,
+            timer: None,
+            ready: Some(value),
+            want_context: false,
+            start: Instant::now(),
+            settled: AtomicBool::new(true),
+        }
+    }
+
+    pub fn start(
+        py: Python<'_>,
+        inner: &Arc<Inner>,
+        key: &str,
+        timeout: Option<f64>,
+        want_context: bool,
+    ) -> PyResult<Self> {
+        let (owner, event_loop) = current_owner(py)?;
+        let Some(event_loop) = event_loop else {
+            return Err(PyRuntimeError::new_err(
+                "acquire_async() / async with need a running event loop",
+            ));
+        };
+        let settled = |acquired: bool| -> PyResult<Self> {
+            let value = if !acquired {
+                if want_context {
+                    return Err(Error::Timeout(format!(
+                        "could not lock session {key:?} within {}s",
+                        timeout.unwrap_or(0.0)
+                    ))
+                    .into());
+                }
+                false.into_pyobject(py)?.to_owned().into_any().unbind()
+            } else if want_context {
+                PyManager::context(inner, py, key)
+            } else {
+                true.into_pyobject(py)?.to_owned().into_any().unbind()
+            };
+            Ok(Self::ready(inner.clone(), key, value))
+        };
+        // Fast path: free or re-entered, no future needed.
+        match inner.locks.acquire(key, owner, false, None, || {
+            unreachable!("wait=false never queues")
+        }) {
+            Outcome::Acquired { .. } => {
+                inner.stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
+                return settled(true);
+            }
+            _ if timeout == Some(0.0) => {
+                inner.stats.lock_timeouts.fetch_add(1, Ordering::Relaxed);
+                return settled(false);
+            }
+            _ => {}
+        }
+        let fut = event_loop.call_method0("create_future")?;
+        let payload = Wake::Task {
+            fut: fut.clone().unbind(),
+            event_loop: event_loop.clone().unbind(),
+        };
+        let id = match inner.locks.acquire(key, owner, true, None, move || payload) {
+            Outcome::Acquired { .. } => {
+                inner.stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
+                return settled(true);
+            }
+            Outcome::Queued(id) => id,
+            Outcome::Busy | Outcome::Deadlock => unreachable!("async waits always queue"),
+        };
+        inner.stats.lock_contended.fetch_add(1, Ordering::Relaxed);
+        // No other code runs on this loop between the enqueue above and these two calls, so
+        // the future cannot have been cancelled yet; a cross-thread hand-off only schedules.
+        fut.call_method1(
+            "add_done_callback",
+            (WaiterDone {
+                inner: inner.clone(),
+                key: key.into(),
+                id,
+                owner,
+            },),
+        )?;
+        let timer = match timeout {
+            Some(t) => Some(
+                event_loop
+                    .call_method1(
+                        "call_later",
+                        (
+                            t,
+                            WaiterTimeout {
+                                inner: inner.clone(),
+                                key: key.into(),
+                                id,
+                                owner,
+                                fut: fut.clone().unbind(),
+                            },
+                        ),
+                    )?
+                    .unbind(),
+            ),
+            None => None,
+        };
+        Ok(Self {
+            inner: inner.clone(),
+            key: key.into(),
+            owner,
+            fut: Some(fut.unbind()),
+            timer,
+            ready: None,
+            want_context,
+            start: Instant::now(),
+            settled: AtomicBool::new(false),
+        })
+    }
+
+    fn cancel_timer(&self, py: Python<'_>) {
+        if let Some(t) = &self.timer {
+            let _ = t.call_method0(py, "cancel");
+        }
+    }
+
+    /// Undoes a wait that will not be consumed: withdraws it, or releases a lock that was
+    /// already handed to it.
+    fn abandon(&self, py: Python<'_>) -> PyResult<()> {
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.cancel_timer(py);
+        let Some(fut) = &self.fut else { return Ok(()) };
+        let fut = fut.bind(py);
+        if !fut.call_method0("done")?.is_truthy()? {
+            // The done-callback withdraws the waiter (or passes on a hand-off).
+            fut.call_method0("cancel")?;
+        } else if !fut.call_method0("cancelled")?.is_truthy()?
+            && fut.call_method0("result")?.is_truthy()?
+        {
+            self.inner.release(py, &self.key, self.owner)?;
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl PyAcquire {
+    fn __await__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        let Some(fut) = &self.fut else {
+            let value = self
+                .ready
+                .as_ref()
+                .map_or_else(|| py.None(), |v| v.clone_ref(py));
+            return Err(PyStopIteration::new_err((value,)));
+        };
+        let f = fut.bind(py);
+        if !f.call_method0("done")?.is_truthy()? {
+            f.setattr("_asyncio_future_blocking", true)?;
+            return Ok(Some(fut.clone_ref(py)));
+        }
+        // Raises CancelledError if cancelled; the done-callback has cleaned up then.
+        let acquired = f.call_method0("result")?.is_truthy()?;
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return Err(PyRuntimeError::new_err(
+                "this acquire() awaitable was already awaited",
+            ));
+        }
+        self.cancel_timer(py);
+        let stats = &self.inner.stats;
+        stats
+            .lock_wait_ns
+            .fetch_add(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        if !acquired {
+            stats.lock_timeouts.fetch_add(1, Ordering::Relaxed);
+            if self.want_context {
+                return Err(Error::Timeout(format!(
+                    "could not lock session {:?} in time",
+                    self.key
+                ))
+                .into());
+            }
+            return Err(PyStopIteration::new_err((false,)));
+        }
+        stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
+        let value = if self.want_context {
+            PyManager::context(&self.inner, py, &self.key)
+        } else {
+            true.into_pyobject(py)?.to_owned().into_any().unbind()
+        };
+        Err(PyStopIteration::new_err((value,)))
+    }
+
+    /// Cancellation (or any exception) thrown into the waiting coroutine.
+    #[pyo3(signature = (typ, val=None, _tb=None))]
+    fn throw(
+        &self,
+        py: Python<'_>,
+        typ: &Bound<'_, PyAny>,
+        val: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        self.abandon(py)?;
+        let exc = if typ.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+            typ.clone()
+        } else {
+            match val {
+                Some(v) if v.is_instance_of::<pyo3::exceptions::PyBaseException>() => v.clone(),
+                Some(v) if !v.is_none() => typ.call1((v,))?,
+                _ => typ.call0()?,
+            }
+        };
+        Err(PyErr::from_value(exc))
+    }
+
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        self.abandon(py)
+    }
+}
+
+impl Drop for PyAcquire {
+    fn drop(&mut self) {
+        if !*self.settled.get_mut() && self.fut.is_some() {
+            Python::attach(|py| {
+                if let Err(e) = self.abandon(py) {
+                    e.write_unraisable(py, None);
+                }
+            });
+        }
+    }
+}
+
+/// Done-callback of a waiter's future: a cancelled waiter leaves the queue, and a lock
+/// handed to it just before the cancellation is passed on.
+#[pyclass(frozen, module = "sessionlock._sessionlock")]
+struct WaiterDone {
+    inner: Arc<Inner>,
+    key: Box<str>,
+    id: u64,
+    owner: Owner,
+}
+
+#[pymethods]
+impl WaiterDone {
+    fn __call__(&self, py: Python<'_>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
+        if fut.call_method0("cancelled")?.is_truthy()? {
+            self.inner.abandon(py, &self.key, self.id, self.owner);
+        }
+        Ok(())
+    }
+}
+
+/// `call_later` callback: a waiter still queued at its deadline leaves with `False`.
+#[pyclass(frozen, module = "sessionlock._sessionlock")]
+struct WaiterTimeout {
+    inner: Arc<Inner>,
+    key: Box<str>,
+    id: u64,
+    owner: Owner,
+    fut: Py<PyAny>,
+}
+
+#[pymethods]
+impl WaiterTimeout {
+    fn __call__(&self, py: Python<'_>) -> PyResult<()> {
+        if let crate::keylock::Cancel::Removed(waiter) =
+            self.inner.locks.cancel(&self.key, self.id, self.owner)
+        {
+            drop(waiter);
+            let fut = self.fut.bind(py);
+            if !fut.call_method0("done")?.is_truthy()? {
+                fut.call_method1("set_result", (false,))?;
+            }
+        }
+        Ok(())
+    }
+}

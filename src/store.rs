@@ -1,0 +1,498 @@
+//! The session map: a sharded hash table of `key -> (value, created, last access)`.
+//!
+//! Pure Rust and generic over the value, so `cargo test` covers it without Python. It is our
+//! own sharding (rather than `DashMap`) because expiry and approximate-LRU eviction need to
+//! scan or sample one shard at a time, which DashMap's public API does not offer.
+//!
+//! Invariants:
+//! - A shard lock is held only for the table operation itself. No method calls back into
+//!   the caller's code while holding it except the `held` predicate, which may only take the
+//!   key-lock table's (DashMap) read guard. Lock order: shard -> key-lock table, never the
+//!   reverse (keylock.rs never touches the store).
+//! - Values that leave the map (replaced, removed, expired, evicted) are *returned* to the
+//!   caller, never dropped here: for `Py` values a drop can run `__del__`, which must happen
+//!   after every lock is released.
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use foldhash::fast::RandomState;
+use hashbrown::hash_table::Entry;
+use hashbrown::HashTable;
+use parking_lot::RwLock;
+use std::hash::BuildHasher;
+
+const SHARDS: usize = 16;
+const SHARD_SHIFT: u32 = 64 - SHARDS.trailing_zeros();
+/// Entries looked at per eviction (Redis uses 5; more gets closer to true LRU).
+const EVICTION_SAMPLES: usize = 8;
+
+/// Monotonic nanoseconds since the first call in this process.
+#[must_use]
+pub fn now_ns() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    // +1 so that 0 can mean "never" in the slots' timestamps.
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX) + 1
+}
+
+/// Expiry rule of a store; `0` disables a limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Ttl {
+    pub idle_ns: u64,
+    pub absolute_ns: u64,
+}
+
+impl Ttl {
+    #[must_use]
+    pub fn is_enabled(self) -> bool {
+        self.idle_ns != 0 || self.absolute_ns != 0
+    }
+
+    fn expired<V>(self, slot: &Slot<V>, now: u64) -> bool {
+        (self.idle_ns != 0
+            && now.saturating_sub(slot.accessed.load(Ordering::Relaxed)) >= self.idle_ns)
+            || (self.absolute_ns != 0 && now.saturating_sub(slot.created) >= self.absolute_ns)
+    }
+}
+
+struct Slot<V> {
+    key: Box<str>,
+    value: V,
+    created: u64,
+    /// Updated under the shard's *read* lock, hence atomic.
+    accessed: AtomicU64,
+}
+
+/// Result of a lookup. `Expired` still hands out the value so that the caller can decide
+/// (a session held under `lock()` does not expire).
+pub enum Get<R> {
+    Hit(R),
+    Expired(R),
+    Miss,
+}
+
+pub enum Insert<V> {
+    /// Stored. `expired` is a previous, expired occupant that was replaced.
+    Inserted { expired: Option<(Box<str>, V)> },
+    /// Not stored because the key is live: the offered value is given back.
+    Present { rejected: V },
+    /// Overwrote a live value (only when overwriting was asked for).
+    Replaced { previous: V },
+}
+
+pub enum Remove<V> {
+    Removed(V),
+    Expired(Box<str>, V),
+    Missing,
+}
+
+/// Whether a key is pinned (held under a session lock): pinned entries neither expire
+/// nor get evicted.
+pub type Held<'a> = &'a dyn Fn(&str) -> bool;
+
+pub struct Store<V> {
+    shards: Box<[RwLock<HashTable<Slot<V>>>]>,
+    hasher: RandomState,
+    len: AtomicUsize,
+    rng: AtomicU64,
+}
+
+impl<V> Default for Store<V> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<V> Store<V> {
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
+            hasher: RandomState::default(),
+            len: AtomicUsize::new(0),
+            rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
+        }
+    }
+
+    #[must_use]
+    pub fn shard_count(&self) -> usize {
+        SHARDS
+    }
+
+    #[inline]
+    fn locate(&self, key: &str) -> (u64, &RwLock<HashTable<Slot<V>>>) {
+        let hash = self.hasher.hash_one(key);
+        (hash, &self.shards[(hash >> SHARD_SHIFT) as usize])
+    }
+
+    /// Number of stored entries, including expired ones not yet reclaimed.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Looks `key` up and maps its value with `f` under the shard's read lock (`f` must not
+    /// run foreign code; an incref is fine). `touch` refreshes the idle clock on a hit.
+    pub fn get<R>(
+        &self,
+        key: &str,
+        now: u64,
+        ttl: Ttl,
+        touch: bool,
+        f: impl FnOnce(&V) -> R,
+    ) -> Get<R> {
+        let (hash, shard) = self.locate(key);
+        let table = shard.read();
+        match table.find(hash, |s| &*s.key == key) {
+            None => Get::Miss,
+            Some(slot) if ttl.is_enabled() && ttl.expired(slot, now) => {
+                Get::Expired(f(&slot.value))
+            }
+            Some(slot) => {
+                if touch {
+                    slot.accessed.store(now, Ordering::Relaxed);
+                }
+                Get::Hit(f(&slot.value))
+            }
+        }
+    }
+
+    /// Stores `value` under `key` if the key is absent or expired (and not held); with
+    /// `overwrite`, also replaces a live value.
+    pub fn insert(
+        &self,
+        key: &str,
+        value: V,
+        now: u64,
+        ttl: Ttl,
+        held: Held<'_>,
+        overwrite: bool,
+    ) -> Insert<V> {
+        let (hash, shard) = self.locate(key);
+        let mut table = shard.write();
+        let hasher = |s: &Slot<V>| self.hasher.hash_one(&*s.key);
+        match table.entry(hash, |s| &*s.key == key, hasher) {
+            Entry::Occupied(mut e) => {
+                let slot = e.get_mut();
+                if ttl.is_enabled() && ttl.expired(slot, now) && !held(key) {
+                    let old = std::mem::replace(&mut slot.value, value);
+                    slot.created = now;
+                    *slot.accessed.get_mut() = now;
+                    Insert::Inserted {
+                        expired: Some((slot.key.clone(), old)),
+                    }
+                } else if overwrite {
+                    *slot.accessed.get_mut() = now;
+                    Insert::Replaced {
+                        previous: std::mem::replace(&mut slot.value, value),
+                    }
+                } else {
+                    Insert::Present { rejected: value }
+                }
+            }
+            Entry::Vacant(e) => {
+                e.insert(Slot {
+                    key: key.into(),
+                    value,
+                    created: now,
+                    accessed: AtomicU64::new(now),
+                });
+                self.len.fetch_add(1, Ordering::Relaxed);
+                Insert::Inserted { expired: None }
+            }
+        }
+    }
+
+    /// Replaces the value of a live entry, giving back the old one; `Err(value)` if the key
+    /// is absent (or expired and not held), in which case nothing changes.
+    pub fn replace_existing(
+        &self,
+        key: &str,
+        value: V,
+        now: u64,
+        ttl: Ttl,
+        held: Held<'_>,
+    ) -> Result<V, V> {
+        let (hash, shard) = self.locate(key);
+        let mut table = shard.write();
+        match table.find_mut(hash, |s| &*s.key == key) {
+            Some(slot) if !(ttl.is_enabled() && ttl.expired(slot, now) && !held(key)) => {
+                *slot.accessed.get_mut() = now;
+                Ok(std::mem::replace(&mut slot.value, value))
+            }
+            _ => Err(value),
+        }
+    }
+
+    pub fn remove(&self, key: &str, now: u64, ttl: Ttl, held: Held<'_>) -> Remove<V> {
+        let (hash, shard) = self.locate(key);
+        let mut table = shard.write();
+        let Ok(entry) = table.find_entry(hash, |s| &*s.key == key) else {
+            return Remove::Missing;
+        };
+        let expired = ttl.is_enabled() && ttl.expired(entry.get(), now) && !held(key);
+        let (slot, _) = entry.remove();
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        if expired {
+            Remove::Expired(slot.key, slot.value)
+        } else {
+            Remove::Removed(slot.value)
+        }
+    }
+
+    /// Removes `key` only if it is (still) expired and not held.
+    pub fn remove_if_expired(
+        &self,
+        key: &str,
+        now: u64,
+        ttl: Ttl,
+        held: Held<'_>,
+    ) -> Option<(Box<str>, V)> {
+        if !ttl.is_enabled() {
+            return None;
+        }
+        let (hash, shard) = self.locate(key);
+        let mut table = shard.write();
+        let entry = table.find_entry(hash, |s| &*s.key == key).ok()?;
+        if !ttl.expired(entry.get(), now) || held(key) {
+            return None;
+        }
+        let (slot, _) = entry.remove();
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        Some((slot.key, slot.value))
+    }
+
+    /// Refreshes the idle clock of `key`.
+    pub fn touch(&self, key: &str, now: u64, ttl: Ttl) -> Get<()> {
+        self.get(key, now, ttl, true, |_| ())
+    }
+
+    /// Removes every expired, unheld entry of shard `index` and returns them.
+    pub fn purge_shard(
+        &self,
+        index: usize,
+        now: u64,
+        ttl: Ttl,
+        held: Held<'_>,
+    ) -> Vec<(Box<str>, V)> {
+        if !ttl.is_enabled() {
+            return Vec::new();
+        }
+        let shard = &self.shards[index % SHARDS];
+        // Scan under the read lock first: most sweeps find nothing and must not stall writers.
+        if !shard.read().iter().any(|s| ttl.expired(s, now)) {
+            return Vec::new();
+        }
+        let mut table = shard.write();
+        let out: Vec<_> = table
+            .extract_if(|s| ttl.expired(s, now) && !held(&s.key))
+            .map(|s| (s.key, s.value))
+            .collect();
+        self.len.fetch_sub(out.len(), Ordering::Relaxed);
+        out
+    }
+
+    /// Removes an approximately least-recently-used entry that is not held: samples a few
+    /// entries from a random position of a random shard and evicts the oldest.
+    pub fn evict_one(&self, held: Held<'_>) -> Option<(Box<str>, V)> {
+        for attempt in 0..SHARDS * 2 {
+            let r = self.next_random();
+            let shard = &self.shards[(r as usize).wrapping_add(attempt) % SHARDS];
+            let victim = {
+                let table = shard.read();
+                let n = table.len();
+                if n == 0 {
+                    continue;
+                }
+                let start = ((r >> 32) as usize) % n;
+                table
+                    .iter()
+                    .skip(start)
+                    .chain(table.iter())
+                    .take(EVICTION_SAMPLES.min(n))
+                    .filter(|s| !held(&s.key))
+                    .min_by_key(|s| s.accessed.load(Ordering::Relaxed))
+                    .map(|s| (s.key.clone(), s.accessed.load(Ordering::Relaxed)))
+            };
+            let Some((key, seen)) = victim else { continue };
+            let hash = self.hasher.hash_one(&*key);
+            let mut table = shard.write();
+            if let Ok(entry) = table.find_entry(hash, |s| s.key == key) {
+                // Evict only if nobody touched or pinned it since it was sampled.
+                if entry.get().accessed.load(Ordering::Relaxed) == seen && !held(&key) {
+                    let (slot, _) = entry.remove();
+                    self.len.fetch_sub(1, Ordering::Relaxed);
+                    return Some((slot.key, slot.value));
+                }
+            }
+        }
+        None
+    }
+
+    /// Keys of the live (unexpired or held) entries.
+    pub fn keys(&self, now: u64, ttl: Ttl, held: Held<'_>) -> Vec<String> {
+        let mut out = Vec::with_capacity(self.len());
+        for shard in &*self.shards {
+            let table = shard.read();
+            out.extend(
+                table
+                    .iter()
+                    .filter(|s| !(ttl.is_enabled() && ttl.expired(s, now)) || held(&s.key))
+                    .map(|s| s.key.to_string()),
+            );
+        }
+        out
+    }
+
+    /// Takes every entry out (for `clear()` and GC's `__clear__`).
+    pub fn drain(&self) -> Vec<(Box<str>, V)> {
+        let mut out = Vec::with_capacity(self.len());
+        for shard in &*self.shards {
+            let taken = std::mem::take(&mut *shard.write());
+            self.len.fetch_sub(taken.len(), Ordering::Relaxed);
+            out.extend(taken.into_iter().map(|s| (s.key, s.value)));
+        }
+        out
+    }
+
+    /// Visits every value with the shards read-locked; a shard that is write-locked right now
+    /// is skipped (for GC traversal, which must never block: skipping only makes the
+    /// collector more conservative).
+    pub fn try_for_each_value<E>(&self, mut f: impl FnMut(&V) -> Result<(), E>) -> Result<(), E> {
+        for shard in &*self.shards {
+            if let Some(table) = shard.try_read() {
+                for slot in table.iter() {
+                    f(&slot.value)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn next_random(&self) -> u64 {
+        // xorshift64*: eviction sampling only needs cheap, well-spread numbers.
+        let mut x = self.rng.load(Ordering::Relaxed);
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.rng.store(x, Ordering::Relaxed);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NONE: Ttl = Ttl {
+        idle_ns: 0,
+        absolute_ns: 0,
+    };
+    fn never(_: &str) -> bool {
+        false
+    }
+
+    #[test]
+    fn insert_get_remove() {
+        let s: Store<u32> = Store::new();
+        assert!(matches!(
+            s.insert("a", 1, 1, NONE, &never, false),
+            Insert::Inserted { expired: None }
+        ));
+        assert!(matches!(
+            s.insert("a", 2, 1, NONE, &never, false),
+            Insert::Present { rejected: 2 }
+        ));
+        assert!(matches!(s.get("a", 1, NONE, true, |v| *v), Get::Hit(1)));
+        assert!(matches!(
+            s.insert("a", 3, 1, NONE, &never, true),
+            Insert::Replaced { previous: 1 }
+        ));
+        assert_eq!(s.len(), 1);
+        assert!(matches!(s.remove("a", 1, NONE, &never), Remove::Removed(3)));
+        assert!(matches!(s.remove("a", 1, NONE, &never), Remove::Missing));
+        assert!(s.is_empty());
+    }
+
+    #[test]
+    fn idle_expiry_and_held_pin() {
+        let s: Store<u32> = Store::new();
+        let ttl = Ttl {
+            idle_ns: 10,
+            absolute_ns: 0,
+        };
+        s.insert("a", 1, 100, ttl, &never, false);
+        assert!(matches!(s.get("a", 105, ttl, true, |v| *v), Get::Hit(1)));
+        // touched at 105, so alive at 114, expired at 115
+        assert!(matches!(s.get("a", 114, ttl, false, |v| *v), Get::Hit(1)));
+        assert!(matches!(
+            s.get("a", 115, ttl, false, |v| *v),
+            Get::Expired(1)
+        ));
+        let pinned = |k: &str| k == "a";
+        assert!(s.remove_if_expired("a", 200, ttl, &pinned).is_none());
+        assert!(s.replace_existing("a", 7, 200, ttl, &pinned).is_ok());
+        assert_eq!(s.purge_shard(0, 400, ttl, &pinned).len() + s.len(), 1);
+        let mut purged = 0;
+        for i in 0..s.shard_count() {
+            purged += s.purge_shard(i, 400, ttl, &never).len();
+        }
+        assert_eq!((purged, s.len()), (1, 0));
+    }
+
+    #[test]
+    fn absolute_expiry_ignores_access() {
+        let s: Store<u32> = Store::new();
+        let ttl = Ttl {
+            idle_ns: 0,
+            absolute_ns: 10,
+        };
+        s.insert("a", 1, 100, ttl, &never, false);
+        assert!(matches!(s.touch("a", 109, ttl), Get::Hit(())));
+        assert!(matches!(
+            s.get("a", 110, ttl, true, |v| *v),
+            Get::Expired(1)
+        ));
+        // an expired occupant counts as absent for insert, and is handed back
+        match s.insert("a", 2, 111, ttl, &never, false) {
+            Insert::Inserted {
+                expired: Some((k, 1)),
+            } => assert_eq!(&*k, "a"),
+            _ => panic!("expected replacement of the expired value"),
+        }
+    }
+
+    #[test]
+    fn eviction_prefers_old_and_skips_held() {
+        let s: Store<u32> = Store::new();
+        for i in 0..4u32 {
+            s.insert(&format!("k{i}"), i, u64::from(i) + 1, NONE, &never, false);
+        }
+        let held = |k: &str| k == "k0";
+        let (k, _) = s.evict_one(&held).expect("an entry to evict");
+        assert_ne!(&*k, "k0");
+        assert_eq!(s.len(), 3);
+        let all_held = |_: &str| true;
+        assert!(s.evict_one(&all_held).is_none());
+    }
+
+    #[test]
+    fn keys_and_drain() {
+        let s: Store<u32> = Store::new();
+        for i in 0..100u32 {
+            s.insert(&i.to_string(), i, 1, NONE, &never, false);
+        }
+        let mut keys = s.keys(1, NONE, &never);
+        keys.sort_by_key(|k| k.parse::<u32>().unwrap());
+        assert_eq!(keys.len(), 100);
+        assert_eq!(s.drain().len(), 100);
+        assert!(s.is_empty());
+    }
+}
