@@ -11,8 +11,9 @@
 //!   key-lock guard (keylock.rs) and the future is resolved afterwards, outside every lock.
 //! - A waiter that goes away (cancelled, timed out, dropped before completion) is withdrawn
 //!   from the queue; if the lock had already been handed to it, it is released on its
-//!   behalf, so a hand-off is never swallowed. The future's done-callback is the one place
-//!   that handles cancellation; `throw()` handles a result that arrived but was not consumed.
+//!   behalf, so a hand-off is never swallowed. Task cancellation always reaches the awaitable
+//!   through `throw()` (the coroutine delegates to it), so no done-callback is needed: the
+//!   queue, not the future, says whether a hand-off happened.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -31,8 +32,9 @@ use crate::pyglue::current_owner;
 
 /// Resolves a waiter's future with `True` unless it is already done (cancelled).
 pub fn resolve_waiter(fut: &Bound<'_, PyAny>) -> PyResult<()> {
-    if !fut.call_method0("done")?.is_truthy()? {
-        fut.call_method1("set_result", (true,))?;
+    let py = fut.py();
+    if !fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+        fut.call_method1(pyo3::intern!(py, "set_result"), (true,))?;
     }
     Ok(())
 }
@@ -48,6 +50,23 @@ pub fn resolver(py: Python<'_>) -> PyResult<&Py<PyAny>> {
     RESOLVER.get_or_try_init(py, || {
         Ok(wrap_pyfunction!(_resolve_waiter, py)?.into_any().unbind())
     })
+}
+
+/// An already-settled awaitable: a coroutine that returns `value` at once. (A native
+/// iterator would have to raise `StopIteration(value)`, which costs more than the whole
+/// uncontended acquire; a finished coroutine returns through the interpreter's fast path.)
+pub fn ready(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
+    static READY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let f = READY.get_or_try_init(py, || {
+        let m = PyModule::from_code(
+            py,
+            c"async def ready(value):\n    return value\n",
+            c"<sessionlock>",
+            c"sessionlock._ready",
+        )?;
+        Ok::<_, PyErr>(m.getattr("ready")?.unbind())
+    })?;
+    f.call1(py, (value,))
 }
 
 /// Per-session lock shared by threads and asyncio tasks (RLock interface + async).
@@ -127,7 +146,7 @@ impl PySessionLock {
     }
 
     #[pyo3(signature = (timeout=None))]
-    fn acquire_async(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<PyAcquire> {
+    fn acquire_async(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         let timeout = config::optional_timeout("timeout", timeout)?;
         PyAcquire::start(py, &self.inner, &self.key, timeout, false)
     }
@@ -150,14 +169,14 @@ impl PySessionLock {
         Ok(false)
     }
 
-    fn __aenter__(&self, py: Python<'_>) -> PyResult<PyAcquire> {
+    fn __aenter__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         PyAcquire::start(py, &self.inner, &self.key, self.timeout, true)
     }
 
     #[pyo3(signature = (*_exc))]
-    fn __aexit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> Result<PyAcquire> {
+    fn __aexit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> Result<Py<PyAny>> {
         self.release(py)?;
-        Ok(PyAcquire::ready(self.inner.clone(), &self.key, py.None()))
+        Ok(ready(py, py.None())?)
     }
 
     fn __repr__(&self) -> String {
@@ -170,17 +189,17 @@ impl PySessionLock {
     }
 }
 
-/// The awaitable returned by `acquire_async()` / `__aenter__` (an iterator in the
+/// The awaitable returned by `acquire_async()` / `__aenter__` when it has to wait (an iterator in the
 /// `Future.__await__` protocol: it yields the loop future while waiting).
 #[pyclass(frozen, module = "sessionlock._sessionlock", name = "_Acquire")]
 pub struct PyAcquire {
     inner: Arc<Inner>,
     key: Box<str>,
     owner: Owner,
-    /// None: settled at creation with `ready`.
-    fut: Option<Py<PyAny>>,
+    fut: Py<PyAny>,
     timer: Option<Py<PyAny>>,
-    ready: Option<Py<PyAny>>,
+    /// Our waiter id in the key's queue.
+    id: u64,
     want_context: bool,
     start: Instant,
     /// The outcome was handed to the awaiting coroutine (or cleaned up): nothing to undo.
@@ -188,34 +207,20 @@ pub struct PyAcquire {
 }
 
 impl PyAcquire {
-    fn ready(inner: Arc<Inner>, key: &str, value: Py<PyAny>) -> Self {
-        Self {
-            inner,
-            key: key.into(),
-            owner: Owner::thread(0),
-            fut: None,
-            timer: None,
-            ready: Some(value),
-            want_context: false,
-            start: Instant::now(),
-            settled: AtomicBool::new(true),
-        }
-    }
-
     pub fn start(
         py: Python<'_>,
         inner: &Arc<Inner>,
         key: &str,
         timeout: Option<f64>,
         want_context: bool,
-    ) -> PyResult<Self> {
+    ) -> PyResult<Py<PyAny>> {
         let (owner, event_loop) = current_owner(py)?;
         let Some(event_loop) = event_loop else {
             return Err(PyRuntimeError::new_err(
                 "acquire_async() / async with need a running event loop",
             ));
         };
-        let settled = |acquired: bool| -> PyResult<Self> {
+        let settled = |acquired: bool| -> PyResult<Py<PyAny>> {
             let value = if !acquired {
                 if want_context {
                     return Err(Error::Timeout(format!(
@@ -230,7 +235,7 @@ impl PyAcquire {
             } else {
                 true.into_pyobject(py)?.to_owned().into_any().unbind()
             };
-            Ok(Self::ready(inner.clone(), key, value))
+            ready(py, value)
         };
         // Fast path: free or re-entered, no future needed.
         match inner.locks.acquire(key, owner, false, None, || {
@@ -246,7 +251,7 @@ impl PyAcquire {
             }
             _ => {}
         }
-        let fut = event_loop.call_method0("create_future")?;
+        let fut = event_loop.call_method0(pyo3::intern!(py, "create_future"))?;
         let payload = Wake::Task {
             fut: fut.clone().unbind(),
             event_loop: event_loop.clone().unbind(),
@@ -260,17 +265,6 @@ impl PyAcquire {
             Outcome::Busy | Outcome::Deadlock => unreachable!("async waits always queue"),
         };
         inner.stats.lock_contended.fetch_add(1, Ordering::Relaxed);
-        // No other code runs on this loop between the enqueue above and these two calls, so
-        // the future cannot have been cancelled yet; a cross-thread hand-off only schedules.
-        fut.call_method1(
-            "add_done_callback",
-            (WaiterDone {
-                inner: inner.clone(),
-                key: key.into(),
-                id,
-                owner,
-            },),
-        )?;
         let timer = match timeout {
             Some(t) => Some(
                 event_loop
@@ -291,17 +285,18 @@ impl PyAcquire {
             ),
             None => None,
         };
-        Ok(Self {
+        let pending = Self {
             inner: inner.clone(),
             key: key.into(),
             owner,
-            fut: Some(fut.unbind()),
+            fut: fut.unbind(),
             timer,
-            ready: None,
+            id,
             want_context,
             start: Instant::now(),
             settled: AtomicBool::new(false),
-        })
+        };
+        Ok(Bound::new(py, pending)?.into_any().unbind())
     }
 
     fn cancel_timer(&self, py: Python<'_>) {
@@ -310,23 +305,30 @@ impl PyAcquire {
         }
     }
 
-    /// Undoes a wait that will not be consumed: withdraws it, or releases a lock that was
-    /// already handed to it.
+    /// Undoes a wait whose outcome will not be consumed (cancellation or another exception
+    /// thrown into the awaiting coroutine, or the awaitable dropped): withdraws the waiter,
+    /// or passes on a lock that was already handed to it.
     fn abandon(&self, py: Python<'_>) -> PyResult<()> {
         if self.settled.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
         self.cancel_timer(py);
-        let Some(fut) = &self.fut else { return Ok(()) };
-        let fut = fut.bind(py);
-        if !fut.call_method0("done")?.is_truthy()? {
-            // The done-callback withdraws the waiter (or passes on a hand-off).
-            fut.call_method0("cancel")?;
-        } else if !fut.call_method0("cancelled")?.is_truthy()?
-            && fut.call_method0("result")?.is_truthy()?
+        let fut = self.fut.bind(py);
+        if fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()?
+            && !fut
+                .call_method0(pyo3::intern!(py, "cancelled"))?
+                .is_truthy()?
         {
-            self.inner.release(py, &self.key, self.owner)?;
+            // Resolved: True means the lock is ours (hand it on), False means timed out.
+            if fut.call_method0(pyo3::intern!(py, "result"))?.is_truthy()? {
+                self.inner.release(py, &self.key, self.owner)?;
+            }
+            return Ok(());
         }
+        // Pending or cancelled: a hand-off may have happened under the key-lock guard
+        // before its (scheduled) resolution, so ask the queue, not the future.
+        let _ = fut.call_method0(pyo3::intern!(py, "cancel"));
+        self.inner.abandon(py, &self.key, self.id, self.owner);
         Ok(())
     }
 }
@@ -338,20 +340,19 @@ impl PyAcquire {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let Some(fut) = &self.fut else {
-            let value = self
-                .ready
-                .as_ref()
-                .map_or_else(|| py.None(), |v| v.clone_ref(py));
-            return Err(PyStopIteration::new_err((value,)));
-        };
+        let fut = &self.fut;
         let f = fut.bind(py);
-        if !f.call_method0("done")?.is_truthy()? {
-            f.setattr("_asyncio_future_blocking", true)?;
+        if !f.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+            f.setattr(pyo3::intern!(py, "_asyncio_future_blocking"), true)?;
             return Ok(Some(fut.clone_ref(py)));
         }
-        // Raises CancelledError if cancelled; the done-callback has cleaned up then.
-        let acquired = f.call_method0("result")?.is_truthy()?;
+        if f.call_method0(pyo3::intern!(py, "cancelled"))?
+            .is_truthy()?
+        {
+            // Cancelled without going through throw() (someone cancelled the future itself).
+            self.abandon(py)?;
+        }
+        let acquired = f.call_method0(pyo3::intern!(py, "result"))?.is_truthy()?; // raises CancelledError
         if self.settled.swap(true, Ordering::AcqRel) {
             return Err(PyRuntimeError::new_err(
                 "this acquire() awaitable was already awaited",
@@ -411,33 +412,13 @@ impl PyAcquire {
 
 impl Drop for PyAcquire {
     fn drop(&mut self) {
-        if !*self.settled.get_mut() && self.fut.is_some() {
+        if !*self.settled.get_mut() {
             Python::attach(|py| {
                 if let Err(e) = self.abandon(py) {
                     e.write_unraisable(py, None);
                 }
             });
         }
-    }
-}
-
-/// Done-callback of a waiter's future: a cancelled waiter leaves the queue, and a lock
-/// handed to it just before the cancellation is passed on.
-#[pyclass(frozen, module = "sessionlock._sessionlock")]
-struct WaiterDone {
-    inner: Arc<Inner>,
-    key: Box<str>,
-    id: u64,
-    owner: Owner,
-}
-
-#[pymethods]
-impl WaiterDone {
-    fn __call__(&self, py: Python<'_>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
-        if fut.call_method0("cancelled")?.is_truthy()? {
-            self.inner.abandon(py, &self.key, self.id, self.owner);
-        }
-        Ok(())
     }
 }
 
@@ -459,8 +440,8 @@ impl WaiterTimeout {
         {
             drop(waiter);
             let fut = self.fut.bind(py);
-            if !fut.call_method0("done")?.is_truthy()? {
-                fut.call_method1("set_result", (false,))?;
+            if !fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+                fut.call_method1(pyo3::intern!(py, "set_result"), (false,))?;
             }
         }
         Ok(())
