@@ -27,6 +27,8 @@ const SHARDS: usize = 16;
 const SHARD_SHIFT: u32 = 64 - SHARDS.trailing_zeros();
 /// Entries looked at per eviction (Redis uses 5; more gets closer to true LRU).
 const EVICTION_SAMPLES: usize = 8;
+/// Shards sampled per eviction; the oldest candidate among them is evicted.
+const EVICTION_SHARDS: usize = 4;
 
 /// Monotonic nanoseconds since the first call in this process.
 #[must_use]
@@ -410,32 +412,43 @@ impl<V> Store<V> {
     }
 
     /// Removes an approximately least-recently-used entry that is not held: samples a few
-    /// entries from a random position of a random shard and evicts the oldest.
+    /// entries at a random position in each of several random shards (Redis-style sampled
+    /// LRU) and evicts the oldest of them, if nobody touched it since it was sampled.
     pub fn evict_one(&self, held: Held<'_>) -> Option<(Box<str>, V)> {
-        for attempt in 0..SHARDS * 2 {
-            let r = self.next_random();
-            let shard = &self.shards[(r as usize).wrapping_add(attempt) % SHARDS];
-            let victim = {
-                let table = shard.read();
+        // A few sampled rounds, then one pass over every shard so that an entry is found
+        // whenever an unheld one exists.
+        for round in 0..=SHARDS {
+            let full = round == SHARDS;
+            let mut best: Option<(usize, Key, u64)> = None;
+            for probe in 0..(if full { SHARDS } else { EVICTION_SHARDS }) {
+                let r = self.next_random();
+                let index = if full { probe } else { (r as usize) % SHARDS };
+                let table = self.shards[index].read();
                 let n = table.len();
                 if n == 0 {
                     continue;
                 }
                 let start = ((r >> 32) as usize) % n;
-                table
+                let candidate = table
                     .iter()
                     .skip(start)
                     .chain(table.iter())
                     .take(EVICTION_SAMPLES.min(n))
                     .filter(|s| !s.key.with_str(held))
-                    .min_by_key(|s| s.accessed.load(Ordering::Relaxed))
-                    .map(|s| (s.key.clone(), s.accessed.load(Ordering::Relaxed)))
+                    .map(|s| (s.accessed.load(Ordering::Relaxed), s))
+                    .min_by_key(|(seen, _)| *seen);
+                if let Some((seen, slot)) = candidate {
+                    if best.as_ref().is_none_or(|(_, _, b)| seen < *b) {
+                        best = Some((index, slot.key.clone(), seen));
+                    }
+                }
+            }
+            let Some((index, key, seen)) = best else {
+                continue;
             };
-            let Some((key, seen)) = victim else { continue };
             let hash = self.hash_of(key.as_ref());
-            let mut table = shard.write();
+            let mut table = self.shards[index].write();
             if let Ok(entry) = table.find_entry(hash, |s| s.key == key) {
-                // Evict only if nobody touched or pinned it since it was sampled.
                 if entry.get().accessed.load(Ordering::Relaxed) == seen && !key.with_str(held) {
                     let (slot, _) = entry.remove();
                     self.len.fetch_sub(1, Ordering::Relaxed);
