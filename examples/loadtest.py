@@ -177,7 +177,6 @@ class Result:
     rec_sets: int
     rec_inconsistent: int
     lock_objects: int
-    recs_runs: dict[str, int]
 
     @property
     def rps(self) -> float:
@@ -360,7 +359,6 @@ def run_design(
         rec_sets=recs["users_with_set"],
         rec_inconsistent=recs["duplicate"] + recs["partial"],
         lock_objects=sum(m["lock_objects"] for m in stats["sessions"].values()),
-        recs_runs={},
     )
 
 

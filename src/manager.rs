@@ -246,7 +246,7 @@ impl Inner {
                     self.notify(py, vec![old], "expired");
                 }
                 bump(&self.stats.creates);
-                self.enforce_capacity(py);
+                self.enforce_capacity(py, key);
                 Insert::Inserted { expired: None }
             }
             other => other,
@@ -255,14 +255,19 @@ impl Inner {
         outcome
     }
 
-    fn enforce_capacity(&self, py: Python<'_>) {
+    /// Evicts down to `max_sessions`. `spare` is the key just inserted: it is the most
+    /// recently used of all, yet the sampling could pick it when its shard holds little
+    /// else, and an insert must never evict the session it has just stored (create_session
+    /// would hand out a dead id).
+    fn enforce_capacity(&self, py: Python<'_>, spare: &str) {
         let max = self.max_sessions.load(Ordering::Relaxed);
         if max == 0 {
             return;
         }
+        let pinned = |k: &str| k == spare || self.locks.is_held(k);
         let mut gone = Vec::new();
         while self.store.len() > max {
-            match self.store.evict_one(&self.held()) {
+            match self.store.evict_one(&pinned) {
                 Some(v) => gone.push(v),
                 None => break, // everything left is held: over capacity until released
             }
@@ -316,8 +321,11 @@ impl Inner {
             Wake::Thread(s)
         });
         let id = match outcome {
-            Outcome::Acquired { .. } => {
+            Outcome::Acquired { reentered } => {
                 bump(&self.stats.lock_acquires);
+                if !reentered {
+                    self.begin_hold(py, key);
+                }
                 return Ok(true);
             }
             Outcome::Busy => return Ok(false),
@@ -357,7 +365,10 @@ impl Inner {
             .lock_wait_ns
             .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         match granted {
-            Ok(true) => bump(&self.stats.lock_acquires),
+            Ok(true) => {
+                bump(&self.stats.lock_acquires);
+                self.begin_hold(py, key);
+            }
             Ok(false) => bump(&self.stats.lock_timeouts),
             Err(_) => {}
         }
@@ -375,9 +386,39 @@ impl Inner {
         }
     }
 
+    /// Called when an owner takes a fresh (not re-entered) hold of `key`. Holding pins a
+    /// session against expiring *during* the hold; it must not revive one that had already
+    /// expired before the hold began (update() would write to it, `with` would return it),
+    /// so such a session is reclaimed now.
+    pub fn begin_hold(&self, py: Python<'_>, key: &str) {
+        let ttl = self.ttl();
+        if !ttl.is_enabled() {
+            return;
+        }
+        let now = now_ns();
+        if matches!(
+            self.store.get(key, now, ttl, false, |_| ()),
+            Get::Expired(())
+        ) {
+            // `held` is ignored: the only holder is the caller, who just arrived.
+            if let Some(gone) = self.store.remove_if_expired(key, now, ttl, &|_| false) {
+                self.notify(py, vec![gone], "expired");
+            }
+        }
+    }
+
     /// Releases one level of `owner`'s hold and wakes whoever the lock was handed to. A
     /// waiter that can no longer be woken (its loop closed) is skipped: the lock moves on.
     pub fn release(&self, py: Python<'_>, key: &str, owner: Owner) -> Result<()> {
+        let ttl = self.ttl();
+        if ttl.idle_ns != 0 && self.locks.depth(key, owner) == 1 {
+            // The session was in use until now, so its idle clock restarts at the release.
+            // Done while still held (nothing can reclaim it in between), and with the idle
+            // limit off for this one lookup: a hold longer than idle_ttl leaves the session
+            // idle-expired, which a plain touch would refuse to refresh.
+            let only_absolute = Ttl { idle_ns: 0, ..ttl };
+            let _ = self.store.touch(key, now_ns(), only_absolute);
+        }
         let mut current = owner;
         let mut first = true;
         loop {
@@ -396,11 +437,6 @@ impl Inner {
                 }
             }
             first = false;
-        }
-        let ttl = self.ttl();
-        if ttl.idle_ns != 0 {
-            // The session was in use until now: its idle clock restarts at the release.
-            let _ = self.store.touch(key, now_ns(), ttl);
         }
         Ok(())
     }

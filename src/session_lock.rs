@@ -69,6 +69,33 @@ pub fn ready(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
     f.call1(py, (value,))
 }
 
+/// What `acquire_async()` / `__aenter__` captured at call time, for the first step of their
+/// coroutine (see `PyAcquire::start`).
+#[pyclass(frozen, module = "sessionlock._sessionlock")]
+struct Starter {
+    inner: Arc<Inner>,
+    key: Box<str>,
+    owner: Owner,
+    event_loop: Py<PyAny>,
+    timeout: Option<f64>,
+    want_context: bool,
+}
+
+#[pymethods]
+impl Starter {
+    fn start(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        PyAcquire::start_for(
+            py,
+            &self.inner,
+            &self.key,
+            self.owner,
+            self.event_loop.bind(py),
+            self.timeout,
+            self.want_context,
+        )
+    }
+}
+
 /// Per-session lock shared by threads and asyncio tasks (RLock interface + async).
 #[pyclass(
     frozen,
@@ -207,6 +234,13 @@ pub struct PyAcquire {
 }
 
 impl PyAcquire {
+    /// The awaitable of `acquire_async()` / `__aenter__`: a coroutine that takes the lock
+    /// when it first runs, on behalf of the task that called us. Nothing is taken at call
+    /// time, because a coroutine cancelled before its first step (`wait_for(lock.
+    /// acquire_async(), 0)`, `ensure_future(...)` then `cancel()`) or never awaited runs no
+    /// code at all, so a lock taken eagerly would stay held by a caller told it did not get
+    /// it. The owner is still the caller, so `await wait_for(lock.acquire_async(), t)`
+    /// followed by `lock.release()` works as with an eager acquire.
     pub fn start(
         py: Python<'_>,
         inner: &Arc<Inner>,
@@ -214,14 +248,46 @@ impl PyAcquire {
         timeout: Option<f64>,
         want_context: bool,
     ) -> PyResult<Py<PyAny>> {
+        static LAZY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         let (owner, event_loop) = current_owner(py)?;
         let Some(event_loop) = event_loop else {
             return Err(PyRuntimeError::new_err(
                 "acquire_async() / async with need a running event loop",
             ));
         };
+        let starter = Starter {
+            inner: inner.clone(),
+            key: key.into(),
+            owner,
+            event_loop: event_loop.unbind(),
+            timeout,
+            want_context,
+        };
+        let lazy = LAZY.get_or_try_init(py, || {
+            let m = PyModule::from_code(
+                py,
+                c"async def lazy(starter):\n    return await starter.start()\n",
+                c"<sessionlock>",
+                c"sessionlock._lazy",
+            )?;
+            Ok::<_, PyErr>(m.getattr("lazy")?.unbind())
+        })?;
+        lazy.call1(py, (starter,))
+    }
+
+    /// Takes the lock for `owner` at once if free or re-entered (a settled awaitable), else
+    /// queues it and returns the pending `_Acquire`.
+    fn start_for(
+        py: Python<'_>,
+        inner: &Arc<Inner>,
+        key: &str,
+        owner: Owner,
+        event_loop: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+        want_context: bool,
+    ) -> PyResult<Py<PyAny>> {
         let settled = |acquired: bool| -> PyResult<Py<PyAny>> {
-            let value = if !acquired {
+            if !acquired {
                 if want_context {
                     return Err(Error::Timeout(format!(
                         "could not lock session {key:?} within {}s",
@@ -229,8 +295,9 @@ impl PyAcquire {
                     ))
                     .into());
                 }
-                false.into_pyobject(py)?.to_owned().into_any().unbind()
-            } else if want_context {
+                return ready(py, false.into_pyobject(py)?.to_owned().into_any().unbind());
+            }
+            let value = if want_context {
                 PyManager::context(inner, py, key)
             } else {
                 true.into_pyobject(py)?.to_owned().into_any().unbind()
@@ -241,8 +308,11 @@ impl PyAcquire {
         match inner.locks.acquire(key, owner, false, None, || {
             unreachable!("wait=false never queues")
         }) {
-            Outcome::Acquired { .. } => {
+            Outcome::Acquired { reentered } => {
                 inner.stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
+                if !reentered {
+                    inner.begin_hold(py, key); // reclaims a session that expired before
+                }
                 return settled(true);
             }
             _ if timeout == Some(0.0) => {
@@ -257,8 +327,11 @@ impl PyAcquire {
             event_loop: event_loop.clone().unbind(),
         };
         let id = match inner.locks.acquire(key, owner, true, None, move || payload) {
-            Outcome::Acquired { .. } => {
+            Outcome::Acquired { reentered } => {
                 inner.stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
+                if !reentered {
+                    inner.begin_hold(py, key);
+                }
                 return settled(true);
             }
             Outcome::Queued(id) => id,
@@ -375,6 +448,7 @@ impl PyAcquire {
             return Err(PyStopIteration::new_err((false,)));
         }
         stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
+        self.inner.begin_hold(py, &self.key);
         let value = if self.want_context {
             PyManager::context(&self.inner, py, &self.key)
         } else {

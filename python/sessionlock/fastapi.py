@@ -70,6 +70,9 @@ def locked_session(
 
         @router.post("/chat/{session_id}")
         async def send(msg: Msg, ctx: Chat) -> Reply: ...
+
+    With FastAPI >= 0.121, ``Depends(locked_session(chats), scope="function")`` releases the
+    lock as soon as the endpoint returns instead of after the response is sent.
     """
 
     async def dependency(connection: HTTPConnection) -> AsyncIterator[C]:
