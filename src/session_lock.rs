@@ -96,6 +96,28 @@ impl Starter {
     }
 }
 
+/// The awaitable `__aexit__` returns: `await` on it gives `None` at once. Its `__await__` is
+/// an empty iterator, which ends without raising `StopIteration`, so this is cheaper than
+/// even a finished coroutine. One shared instance.
+#[pyclass(frozen, module = "sessionlock._sessionlock", name = "_Done")]
+struct PyDone;
+
+#[pymethods]
+impl PyDone {
+    #[allow(clippy::unused_self)] // reason: a dunder method needs its receiver
+    fn __await__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyIterator>> {
+        pyo3::types::PyTuple::empty(py).try_iter()
+    }
+}
+
+fn done(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    static DONE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    DONE.get_or_try_init(py, || {
+        Ok::<_, PyErr>(Bound::new(py, PyDone)?.into_any().unbind())
+    })
+    .map(|d| d.clone_ref(py))
+}
+
 /// Per-session lock shared by threads and asyncio tasks (RLock interface + async).
 #[pyclass(
     frozen,
@@ -203,7 +225,7 @@ impl PySessionLock {
     #[pyo3(signature = (*_exc))]
     fn __aexit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> Result<Py<PyAny>> {
         self.release(py)?;
-        Ok(ready(py, py.None())?)
+        Ok(done(py)?)
     }
 
     fn __repr__(&self) -> String {
