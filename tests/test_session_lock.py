@@ -306,3 +306,69 @@ def test_no_lock_state_for_idle_ids(mgr: Mgr) -> None:
         assert lk.acquire(timeout=0.0)
         lk.release()
     assert mgr.stats()["locks"] == 0
+
+
+@pytest.mark.timeout(20)
+def test_ctrl_c_interrupts_a_waiting_thread_and_leaves_no_trace(
+    mgr: Mgr, wait_until: Callable[..., None]
+) -> None:
+    import _thread
+
+    t, release = hold_in_thread(mgr, "s")
+    try:
+        interrupter = threading.Thread(
+            target=lambda: (
+                wait_until(lambda: mgr.stats()["lock_contended"] >= 1, what="main queued"),
+                _thread.interrupt_main(),
+            )
+        )
+        interrupter.start()
+        with pytest.raises(KeyboardInterrupt):
+            mgr.lock("s").acquire()  # the main thread waits; Ctrl-C must reach it
+        interrupter.join()
+        assert mgr.stats()["locks"] == 1  # only the holder's; the waiter is gone
+    finally:
+        release.set()
+        t.join()
+    assert mgr.stats()["locks"] == 0
+    assert mgr.lock("s").acquire(blocking=False)
+    mgr.lock("s").release()
+
+
+@pytest.mark.timeout(20)
+def test_next_waiter_is_served_when_a_queued_waiters_loop_is_gone(
+    mgr: Mgr, wait_until: Callable[..., None], caplog: pytest.LogCaptureFixture
+) -> None:
+    import asyncio
+
+    t, release = hold_in_thread(mgr, "s")
+    # a task on a loop that stops (and closes) while the task waits for the lock
+    loop = asyncio.new_event_loop()
+    queued = threading.Event()
+
+    async def doomed() -> None:
+        queued.set()
+        async with mgr.lock("s"):
+            pytest.fail("never runs")
+
+    def run_loop() -> None:
+        task = loop.create_task(doomed())
+        loop.run_until_complete(asyncio.wait([task], timeout=0.2))
+        loop.close()  # the waiter's future can never be resolved now
+
+    lt = threading.Thread(target=run_loop)
+    lt.start()
+    assert queued.wait(10)
+    lt.join()
+    got = threading.Event()
+    w = threading.Thread(
+        target=lambda: (mgr.lock("s").acquire(), got.set(), mgr.lock("s").release())
+    )
+    w.start()
+    wait_until(lambda: mgr.stats()["lock_contended"] >= 2, what="second waiter queued")
+    with caplog.at_level("ERROR", logger="sessionlock"):
+        release.set()
+        t.join()
+        assert got.wait(10), "the hand-off stopped at the dead waiter"
+    w.join()
+    assert mgr.stats()["locks"] == 0
