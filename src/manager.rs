@@ -687,23 +687,31 @@ impl PyManager {
             let current = inner
                 .get(py, key, false)
                 .ok_or_else(|| Error::NotFound(format!("session {key:?} does not exist")))?;
-            let new = r#fn.call1((current,))?.unbind();
+            // `current` stays alive across the call so that its address cannot be reused.
+            let new = r#fn.call1((current.clone_ref(py),))?.unbind();
             let ttl = inner.ttl();
-            match inner.store.replace_existing(
+            // Writers do not wait for the session lock, so the session may have been deleted,
+            // deleted and re-created, or replaced while `fn` ran. Write back only over the very
+            // value `fn` was given (pointer identity, no Python code under the shard lock):
+            // anything else would resurrect old state over a newer value, a lost write.
+            let result = match inner.store.replace_existing(
                 key,
                 new.clone_ref(py),
                 inner.now(ttl),
                 ttl,
                 &inner.held(),
+                |v| v.is(&current),
             ) {
                 Ok(old) => {
                     drop(old);
                     Ok(new)
                 }
                 Err(_) => Err(Error::NotFound(format!(
-                    "session {key:?} was deleted during update()"
+                    "session {key:?} was deleted or replaced during update()"
                 ))),
-            }
+            };
+            drop(current);
+            result
         })();
         inner.release(py, key, owner)?;
         result

@@ -322,8 +322,10 @@ impl<V> Store<V> {
         }
     }
 
-    /// Replaces the value of a live entry, giving back the old one; `Err(value)` if the key
-    /// is absent (or expired and not held), in which case nothing changes.
+    /// Replaces the value of a live entry, giving back the old one, if `expected` accepts the
+    /// current value (a compare-and-swap; `expected` must not run foreign code). `Err(value)`
+    /// if the key is absent (or expired and not held) or holds another value, in which case
+    /// nothing changes.
     pub fn replace_existing(
         &self,
         key: &str,
@@ -331,11 +333,15 @@ impl<V> Store<V> {
         now: u64,
         ttl: Ttl,
         held: Held<'_>,
+        expected: impl FnOnce(&V) -> bool,
     ) -> Result<V, V> {
         let (k, hash, shard) = self.locate(key);
         let mut table = shard.write();
         match table.find_mut(hash, |s| s.key.matches(k)) {
-            Some(slot) if !(ttl.is_enabled() && ttl.expired(slot, now) && !held(key)) => {
+            Some(slot)
+                if !(ttl.is_enabled() && ttl.expired(slot, now) && !held(key))
+                    && expected(&slot.value) =>
+            {
                 *slot.accessed.get_mut() = now;
                 Ok(std::mem::replace(&mut slot.value, value))
             }
@@ -561,7 +567,12 @@ mod tests {
         ));
         let pinned = |k: &str| k == "a";
         assert!(s.remove_if_expired("a", 200, ttl, &pinned).is_none());
-        assert!(s.replace_existing("a", 7, 200, ttl, &pinned).is_ok());
+        assert!(s
+            .replace_existing("a", 8, 200, ttl, &pinned, |v| *v == 2)
+            .is_err());
+        assert!(s
+            .replace_existing("a", 7, 200, ttl, &pinned, |v| *v == 1)
+            .is_ok());
         assert_eq!(s.purge_shard(0, 400, ttl, &pinned).len() + s.len(), 1);
         let mut purged = 0;
         for i in 0..s.shard_count() {

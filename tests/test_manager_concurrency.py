@@ -257,6 +257,32 @@ def test_update_deleted_from_another_thread_during_fn_is_not_resurrected(mgr: Mg
     assert mgr.session_ids() == []
 
 
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize("meanwhile", ["delete+insert", "pop+set", "set_session"])
+def test_update_never_overwrites_a_session_replaced_during_fn(mgr: Mgr, meanwhile: str) -> None:
+    # The session update() read is gone (deleted and re-created, or replaced by a writer
+    # that does not take the lock): writing fn(old) would resurrect the old state over the
+    # new value, a lost write. update() raises instead and the new value stays.
+    mgr.insert_session("s", {"history": ["old"]})
+    fresh = {"history": []}
+
+    def fn(ctx: dict[str, list[str]]) -> dict[str, list[str]]:
+        if meanwhile == "delete+insert":
+            mgr.delete_session("s")
+            mgr.insert_session("s", fresh)
+        elif meanwhile == "pop+set":
+            mgr.pop_session("s")
+            mgr.set_session("s", fresh)
+        else:
+            mgr.set_session("s", fresh)
+        return {"history": [*ctx["history"], "appended"]}
+
+    with pytest.raises(SessionNotFound):
+        mgr.update("s", fn)
+    assert mgr.get_session("s") is fresh
+    assert mgr.stats()["locks"] == 0
+
+
 @pytest.mark.timeout(10)
 def test_update_reenters_inside_the_owners_with_block(mgr: Mgr) -> None:
     mgr.insert_session("s", 1)

@@ -112,8 +112,10 @@ class BaseSessionManager(Generic[_C]):
         """Store ``context`` and return the previous live context (None if it was absent)."""
     def update(self, session_id: str, fn: Callable[[_C], _C]) -> _C:
         """Atomic read-modify-write under the session's lock: stores and returns ``fn(ctx)``.
-        Raises SessionNotFound if the session is absent or deleted meanwhile (nothing is
-        resurrected); re-enters when the caller already holds ``lock(session_id)``."""
+        Raises SessionNotFound if the session is absent, or was deleted or replaced (by a
+        writer that does not take the lock) while ``fn`` ran: then nothing is written, so no
+        old state is resurrected over a newer value. Re-enters when the caller already holds
+        ``lock(session_id)``."""
     def delete_session(self, session_id: str) -> bool:
         """Remove the session; True if it existed."""
     @overload
