@@ -750,7 +750,12 @@ impl PyManager {
     ) -> Result<PySessionLock> {
         let key = self::session_id(session_id)?;
         let timeout = config::optional_timeout("timeout", timeout)?;
-        Ok(PySessionLock::new(slf.get().inner.clone(), key, timeout))
+        Ok(PySessionLock::new(
+            slf.clone().into_any().unbind(),
+            slf.get().inner.clone(),
+            key,
+            timeout,
+        ))
     }
 
     fn purge_expired(&self, py: Python<'_>) -> usize {

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
+use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyTuple, PyType};
@@ -127,15 +128,20 @@ fn done(py: Python<'_>) -> PyResult<Py<PyAny>> {
 )]
 pub struct PySessionLock {
     inner: Arc<Inner>,
+    /// The manager `inner` belongs to, held (and traversed) only so that the cyclic GC sees
+    /// `context -> its lock -> manager -> context`: through the `Arc` alone that cycle is
+    /// invisible and a context that keeps its session's lock would never be freed.
+    manager: Py<PyAny>,
     key: Box<str>,
     /// Bounds the wait of `with` / `async with` (None: forever).
     timeout: Option<f64>,
 }
 
 impl PySessionLock {
-    pub fn new(inner: Arc<Inner>, key: &str, timeout: Option<f64>) -> Self {
+    pub fn new(manager: Py<PyAny>, inner: Arc<Inner>, key: &str, timeout: Option<f64>) -> Self {
         Self {
             inner,
+            manager,
             key: key.into(),
             timeout,
         }
@@ -161,6 +167,10 @@ impl PySessionLock {
     #[getter]
     fn session_id(&self) -> &str {
         &self.key
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> std::result::Result<(), PyTraverseError> {
+        visit.call(&self.manager)
     }
 
     #[pyo3(signature = (blocking=None, timeout=-1.0), text_signature = "(self, /, blocking=True, timeout=-1)")]

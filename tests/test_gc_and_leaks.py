@@ -276,3 +276,18 @@ def test_factory_result_dropped_by_get_or_create_may_reenter(
     run_with_deadline(body)
     gc.collect()
     assert log == ["dropped"]
+
+
+@pytest.mark.usefixtures("no_gc_noise")
+def test_a_context_keeping_its_sessions_lock_is_collected() -> None:
+    # The old brainstorming contexts kept their per-session lock; the lock refers to the
+    # manager's state, so the cycle context -> lock -> manager -> context must be visible
+    # to the collector.
+    mgr: Mgr = BaseSessionManager()
+    ctx = Ctx()
+    ctx.lock = mgr.lock("s")  # type: ignore[attr-defined]
+    mgr.insert_session("s", ctx)
+    refs = [weakref.ref(mgr), weakref.ref(ctx)]
+    del mgr, ctx
+    gc.collect()
+    assert [r() for r in refs] == [None, None]
