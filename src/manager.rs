@@ -332,8 +332,8 @@ impl Inner {
             Outcome::Deadlock => {
                 return Err(Error::Deadlock(format!(
                 "waiting for session {key:?} here would deadlock: it is held (or awaited) by an \
-                     asyncio task of the event loop running on this thread; use `async with` / \
-                     `await lock.acquire_async()`"
+                     asyncio task of the event loop running on this thread, or by this thread \
+                     outside that loop; use `async with` / `await lock.acquire_async()`"
             )))
             }
             Outcome::Queued(id) => id,

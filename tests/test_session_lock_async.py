@@ -661,3 +661,121 @@ def test_other_tasks_get_the_lock_after_a_cancelled_uncontended_acquire(mgr: Mgr
         assert await t is True
 
     run(main())
+
+
+def test_create_task_of_acquire_async_is_owned_by_the_caller(mgr: Mgr) -> None:
+    # acquire_async() returns a coroutine, so create_task() accepts it; the lock is taken
+    # for the task that called acquire_async() (as with `await wait_for(...)`).
+    async def main() -> None:
+        lk = mgr.lock("s")
+        assert await asyncio.create_task(lk.acquire_async()) is True
+        assert lk._is_owned()
+        lk.release()
+        assert await asyncio.wait_for(lk.acquire_async(), 5) is True
+        lk.release()
+        assert not lk.locked()
+
+    run(main())
+
+
+@pytest.mark.timeout(60)
+def test_chaos_threads_and_two_loops_with_timeouts_and_cancellations(
+    mgr: Mgr, loop_thread: LoopThread
+) -> None:
+    # Random mixes of every way in and out of the lock; afterwards the counter must equal
+    # the number of increments made under the lock, and no lock state may remain.
+    import random
+
+    mgr.insert_session("s", 0)
+    done = [0]
+    done_lock = threading.Lock()
+
+    def bump() -> None:
+        v = mgr.get_session("s")
+        mgr.set_session("s", v + 1)
+        with done_lock:
+            done[0] += 1
+
+    def thread_worker(seed: int) -> None:
+        rnd = random.Random(seed)
+        for _ in range(150):
+            r = rnd.random()
+            lk = mgr.lock("s")
+            if r < 0.3:
+                with lk:
+                    bump()
+            elif r < 0.6:
+                if lk.acquire(timeout=rnd.choice([0, 0.0001, 0.001])):
+                    try:
+                        bump()
+                    finally:
+                        lk.release()
+            else:
+                mgr.update("s", lambda v: v + 1)
+                with done_lock:
+                    done[0] += 1
+
+    async def loop_worker(seed: int) -> None:
+        rnd = random.Random(seed)
+
+        async def one() -> None:
+            r = rnd.random()
+            if r < 0.4:
+                async with mgr.lock("s"):
+                    await asyncio.sleep(0)
+                    bump()
+            elif r < 0.7:
+                lk = mgr.lock("s")
+                if await lk.acquire_async(timeout=rnd.choice([0, 0.0001, 0.001])):
+                    try:
+                        await asyncio.sleep(0)
+                        bump()
+                    finally:
+                        lk.release()
+            else:
+                try:
+                    async with mgr.lock("s", timeout=0.002):
+                        bump()
+                except LockTimeout:
+                    pass
+
+        tasks = [asyncio.ensure_future(one()) for _ in range(300)]
+        for t in tasks:
+            if rnd.random() < 0.25:
+                for _ in range(rnd.randrange(3)):
+                    await asyncio.sleep(0)
+                t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    threads = [threading.Thread(target=thread_worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    other = loop_thread.submit(loop_worker(100))
+    run(loop_worker(200))
+    other.result(40)
+    for t in threads:
+        t.join()
+    assert mgr.get_session("s") == done[0]
+    assert mgr.stats()["locks"] == 0
+
+
+def test_sync_wait_in_a_loop_behind_this_threads_own_hold_raises(mgr: Mgr) -> None:
+    # A thread takes the lock, then runs an event loop (asyncio.run inside a threadpool
+    # endpoint) whose task waits synchronously: the holder can never release it.
+    lk = mgr.lock("s")
+    assert lk.acquire()
+    try:
+
+        async def main() -> None:
+            with pytest.raises(LockDeadlock):
+                lk.acquire()
+            with pytest.raises(LockDeadlock), mgr.lock("s"):
+                pass
+            assert lk.acquire(blocking=False) is False
+            assert await lk.acquire_async(timeout=0.01) is False  # an async wait may time out
+
+        run(main())
+        assert lk._is_owned()
+    finally:
+        lk.release()
+    assert mgr.stats()["locks"] == 0
