@@ -62,17 +62,20 @@ def test_get_or_create_exactly_once_under_many_threads(
 
 
 @pytest.mark.timeout(30)
-def test_get_or_create_exactly_once_under_asyncio_tasks_on_several_loops(mgr: Mgr) -> None:
+def test_get_or_create_exactly_once_under_asyncio_tasks_on_several_loops(
+    mgr: Mgr, wait_until: Callable[..., None]
+) -> None:
     # Tasks on one loop run the (synchronous) call one at a time; tasks on four loops in
     # four threads really race, and the losing loops' tasks wait inside get_or_create.
     runs: list[int] = []
-    gate = threading.Event()
     n_loops, n_tasks = 4, 50
     barrier = threading.Barrier(n_loops)
 
     def factory() -> object:
         runs.append(1)
-        gate.wait(0.05)  # widen the window so that other loops' tasks arrive meanwhile
+        # Hold the key absent until a task of every other loop waits behind this factory
+        # (this loop's own tasks cannot run meanwhile: the factory blocks their loop).
+        wait_until(lambda: mgr.stats()["lock_contended"] >= n_loops - 1, what="loops queued")
         return object()
 
     async def task() -> object:

@@ -568,7 +568,7 @@ def test_sync_wait_behind_a_queued_task_of_this_loop_raises(mgr: Mgr, until: Unt
 
 
 def test_task_on_another_loop_may_hold_while_this_loop_waits_sync(
-    mgr: Mgr, loop_thread: LoopThread
+    mgr: Mgr, loop_thread: LoopThread, wait_until: Callable[..., None]
 ) -> None:
     # Not a deadlock: the holder's loop runs in another thread, so a sync wait here is fine
     # (it blocks only this loop).
@@ -583,7 +583,10 @@ def test_task_on_another_loop_may_hold_while_this_loop_waits_sync(
     assert got.wait(10)
 
     async def main() -> None:
-        threading.Timer(0.01, release.set).start()  # releases the holder from outside
+        # releases the holder from outside once this (blocked) loop's sync wait is queued
+        threading.Thread(
+            target=lambda: (wait_until(lambda: mgr.stats()["lock_contended"] >= 1), release.set())
+        ).start()
         assert mgr.lock("s").acquire(timeout=10)
         mgr.lock("s").release()
 
