@@ -34,7 +34,7 @@ def _wait_until(pred: Callable[[], bool], timeout: float = 10.0, what: str = "co
     while not pred():
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        pause.wait(0.0005)  # poll interval, not synchronisation: the deadline above decides
+        pause.wait(0.0005)  # sleep-ok: poll interval; the deadline above decides
 
 
 @pytest.fixture

@@ -419,7 +419,7 @@ def test_fifo_across_threads_and_tasks(mgr: Mgr, loop_thread: LoopThread) -> Non
         for _ in range(20_000):
             if mgr.stats()["lock_contended"] >= n:
                 return
-            deadline.wait(0.0005)  # poll interval of a condition with a bounded loop
+            deadline.wait(0.0005)  # sleep-ok: poll interval of a condition (bounded loop)
         raise AssertionError(f"waiter {n} never queued")
 
     async def task_waiter(name: str) -> None:
