@@ -383,3 +383,67 @@ def test_expired_contexts_are_dropped_after_on_evict() -> None:
     gc.collect()
     assert seen_alive == [True]
     assert refs[0]() is None
+
+
+@pytest.mark.timeout(60)
+def test_every_session_leaves_exactly_once_under_concurrency() -> None:
+    # Accounting under threads: every stored context ends up in exactly one of: popped by a
+    # caller, expired, evicted (each reported once through on_evict), or still stored.
+    import random
+    import sys
+
+    reported: list[tuple[Ctx, str]] = []
+
+    def on_evict(sid: str, ctx: Any, reason: str) -> None:
+        assert ctx.name == sid
+        reported.append((ctx, reason))
+
+    mgr: Mgr = BaseSessionManager(idle_ttl=0.02, max_sessions=50, on_evict=on_evict)
+    stored: list[Ctx] = []
+    popped: list[Ctx] = []
+    barrier = threading.Barrier(6)
+
+    def worker(seed: int) -> None:
+        rnd = random.Random(seed)
+        barrier.wait()
+        for i in range(1500):
+            sid = f"{seed}-{i}" if rnd.random() < 0.6 else f"{seed}-{rnd.randrange(i + 1)}"
+            r = rnd.random()
+            if r < 0.45:
+                c = Ctx(sid)
+                if mgr.insert_session(sid, c):
+                    stored.append(c)
+            elif r < 0.55:
+                got = mgr.pop_session(sid)
+                if got is not None:
+                    popped.append(got)
+            elif r < 0.65:
+                with mgr.lock(sid) as ctx:
+                    assert ctx is None or ctx.name == sid
+                    if ctx is not None:
+                        assert mgr.get_session(sid) is ctx, "held session vanished mid-block"
+            else:
+                got = mgr.get_session(sid)
+                assert got is None or got.name == sid
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    pass_time(0.05)
+    mgr.purge_expired()
+    assert mgr.session_ids() == [], "everything idle has expired"
+    gone = [id(c) for c in popped] + [id(c) for c, _ in reported]
+    assert len(gone) == len(set(gone)), "a context departed twice"
+    assert sorted(gone) == sorted(id(c) for c in stored), "a context was lost or invented"
+    st = mgr.stats()
+    assert st["expired"] + st["evicted"] == len(reported)
+    assert st["evicted"] > 0
+    assert st["expired"] > 0
+    assert st["locks"] == 0
