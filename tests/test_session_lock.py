@@ -256,30 +256,30 @@ def test_mutual_exclusion_between_threads(mgr: Mgr) -> None:
 
 
 @pytest.mark.timeout(20)
-def test_a_waiting_thread_releases_the_gil(mgr: Mgr, wait_until: Callable[..., None]) -> None:
+def test_a_waiting_thread_releases_the_gil(mgr: Mgr) -> None:
+    # A bounded wait, so that a wait holding the GIL fails the test instead of hanging it:
+    # while the main thread waits 0.3 s for the held lock, a pure-Python thread must run.
     t, release = hold_in_thread(mgr, "s")
     progress = [0]
-    stop = threading.Event()
+    stop, spinning = threading.Event(), threading.Event()
 
     def spinner() -> None:
+        spinning.set()
         while not stop.is_set():
             progress[0] += 1
 
-    waiter = threading.Thread(target=lambda: mgr.lock("s").acquire() and mgr.lock("s").release())
-    waiter.start()
-    wait_until(lambda: mgr.stats()["lock_contended"] >= 1, what="waiter queued")
     spin = threading.Thread(target=spinner)
     spin.start()
     try:
-        # While the waiter is blocked in acquire(), pure-Python threads keep running.
+        assert spinning.wait(10)
         before = progress[0]
-        wait_until(lambda: progress[0] > before + 10_000, what="spinner progress")
-        assert waiter.is_alive()
+        assert mgr.lock("s").acquire(timeout=0.3) is False
+        during = progress[0] - before
+        assert during > 10_000, f"only {during} spins while waiting: the GIL was held"
     finally:
         stop.set()
         release.set()
         spin.join()
-        waiter.join()
         t.join()
     assert mgr.stats()["locks"] == 0
 
