@@ -9,6 +9,7 @@
 //! not exist in the child, so dropping it could block) and builds its own.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,7 +47,7 @@ fn percent_encode(s: &str) -> String {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
             out.push(b as char);
         } else {
-            out.push_str(&format!("%{b:02X}"));
+            let _ = write!(out, "%{b:02X}");
         }
     }
     out
@@ -309,16 +310,15 @@ impl Conn {
         f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> redis::RedisResult<T> {
         let pooled = self.pool.lock().pop();
-        let mut c = match pooled {
-            Some(c) => c,
-            None => {
-                let c = self
-                    .client
-                    .get_connection_with_timeout(self.connect_timeout)?;
-                c.set_read_timeout(Some(self.io_timeout()))?;
-                c.set_write_timeout(Some(self.io_timeout()))?;
-                c
-            }
+        let mut c = if let Some(c) = pooled {
+            c
+        } else {
+            let c = self
+                .client
+                .get_connection_with_timeout(self.connect_timeout)?;
+            c.set_read_timeout(Some(self.io_timeout()))?;
+            c.set_write_timeout(Some(self.io_timeout()))?;
+            c
         };
         let r = f(&mut c);
         let broken = matches!(&r, Err(e) if e.is_io_error() || e.is_timeout()

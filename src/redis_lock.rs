@@ -169,6 +169,7 @@ impl Core {
         Error::Unavailable(format!("Redis unreachable: {desc}"))
     }
 
+    #[allow(clippy::unused_self)] // reason: kept a method so every outage transition reads `core.…`
     fn redis_ok(&self, conn: &Conn) {
         let was_down = {
             let mut o = conn.outage.lock();
@@ -1143,8 +1144,9 @@ impl PyRedisLock {
         &self.core.prefix
     }
 
-    #[getter]
-    fn url(&self) -> &str {
+    /// The URL with any password masked.
+    #[getter(url)]
+    fn shown_url(&self) -> &str {
         &self.core.target.display
     }
 
