@@ -1017,12 +1017,12 @@ fn local_holder(l: &LocalLocks, names: &Names) -> Option<(String, i64)> {
 #[pymethods]
 impl PyRedisLock {
     #[new]
-    #[pyo3(signature = (url=None, *, prefix="sessionlock:".to_owned(), ttl=30.0, wait=10.0,
+    #[pyo3(signature = (url=None, *, prefix="sessionlock:", ttl=30.0, wait=10.0,
         auto_renew=true, max_hold=None, fallback="local", connect_timeout=1.0))]
     #[allow(clippy::too_many_arguments)] // reason: the documented keyword-only signature
     fn new(
         url: Option<&str>,
-        prefix: String,
+        prefix: &str,
         ttl: f64,
         wait: f64,
         auto_renew: bool,
@@ -1033,7 +1033,7 @@ impl PyRedisLock {
         Ok(Self {
             core: Arc::new(build_core(
                 url,
-                prefix,
+                prefix.to_owned(),
                 ttl,
                 wait,
                 auto_renew,
@@ -1174,13 +1174,13 @@ pub struct PyRecommendationLock;
 #[pymethods]
 impl PyRecommendationLock {
     #[new]
-    #[pyo3(signature = (url=None, *, prefix="job_recommendation_lock:user:".to_owned(),
+    #[pyo3(signature = (url=None, *, prefix="job_recommendation_lock:user:",
         ttl=300.0, wait=10.0, auto_renew=true, max_hold=None, fallback="local",
         connect_timeout=1.0))]
     #[allow(clippy::too_many_arguments)] // reason: the documented keyword-only signature
     fn new(
         url: Option<&str>,
-        prefix: String,
+        prefix: &str,
         ttl: f64,
         wait: f64,
         auto_renew: bool,

@@ -16,9 +16,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from redis_server import RedisServer, free_port
 
 import sessionlock
+from redis_server import RedisServer, free_port
 from sessionlock import (
     LockLost,
     LockTimeout,
@@ -255,7 +255,7 @@ def test_handoff_to_a_thread_waiter_is_fast(lk: RedisLock) -> None:
         queued = threading.Event()
         got: list[float] = []
 
-        def waiter() -> None:
+        def waiter(queued: threading.Event = queued, got: list[float] = got) -> None:
             queued.set()
             w = lk.acquire(key)
             got.append(time.perf_counter())
