@@ -299,31 +299,46 @@ pub struct Conn {
 
 const MAX_IDLE: usize = 8;
 
+/// The connection is unusable (as opposed to a script or server error).
+#[must_use]
+pub fn is_broken(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
+}
+
 impl Conn {
     fn io_timeout(&self) -> Duration {
         self.connect_timeout.max(Duration::from_millis(500)) * 2
     }
 
-    /// Runs `f` on a pooled blocking connection (the caller has released the GIL).
+    fn connect_sync(&self) -> redis::RedisResult<redis::Connection> {
+        let c = self
+            .client
+            .get_connection_with_timeout(self.connect_timeout)?;
+        c.set_read_timeout(Some(self.io_timeout()))?;
+        c.set_write_timeout(Some(self.io_timeout()))?;
+        Ok(c)
+    }
+
+    /// Runs `f` on a pooled blocking connection (the caller has released the GIL). An idle
+    /// connection that turns out dead (Redis restarted while it sat in the pool) is
+    /// replaced and `f` retried once on a fresh one; every script is safe to repeat.
     pub fn sync<T>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> redis::RedisResult<T> {
         let pooled = self.pool.lock().pop();
-        let mut c = if let Some(c) = pooled {
-            c
-        } else {
-            let c = self
-                .client
-                .get_connection_with_timeout(self.connect_timeout)?;
-            c.set_read_timeout(Some(self.io_timeout()))?;
-            c.set_write_timeout(Some(self.io_timeout()))?;
-            c
+        let was_pooled = pooled.is_some();
+        let mut c = match pooled {
+            Some(c) => c,
+            None => self.connect_sync()?,
         };
-        let r = f(&mut c);
-        let broken = matches!(&r, Err(e) if e.is_io_error() || e.is_timeout()
-            || e.is_connection_dropped() || e.is_unrecoverable_error());
-        if !broken {
+        let mut r = f(&mut c);
+        if was_pooled && matches!(&r, Err(e) if is_broken(e)) {
+            self.reset_pool();
+            c = self.connect_sync()?;
+            r = f(&mut c);
+        }
+        if !matches!(&r, Err(e) if is_broken(e)) {
             let mut pool = self.pool.lock();
             if pool.len() < MAX_IDLE {
                 pool.push(c);
@@ -353,6 +368,28 @@ impl Conn {
             .await?;
         *guard = Some(c.clone());
         Ok(c)
+    }
+
+    /// Runs one script on the multiplexed connection; a connection that turns out dead is
+    /// replaced and the script retried once (every script is safe to repeat).
+    pub async fn run_async<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<T> {
+        let had = self.aconn.lock().await.is_some();
+        let mut c = self.aconn().await?;
+        let mut r = inv.invoke_async::<T>(&mut c).await;
+        if matches!(&r, Err(e) if is_broken(e)) {
+            self.drop_aconn().await;
+            if had {
+                c = self.aconn().await?;
+                r = inv.invoke_async::<T>(&mut c).await;
+                if matches!(&r, Err(e) if is_broken(e)) {
+                    self.drop_aconn().await;
+                }
+            }
+        }
+        r
     }
 
     /// Forget the multiplexed connection after an I/O error so the next call reconnects.

@@ -354,12 +354,9 @@ impl HandleInner {
     ) -> redis::RedisResult<Attempt> {
         let a = self.acquire_args(queue);
         let inv = invoke4(&ACQUIRE, &self.names, &[&a[0], &a[1], &a[2]]);
-        let mut c = conn.aconn().await?;
-        let r = inv.invoke_async::<(i64, i64, String)>(&mut c).await;
-        if r.is_err() {
-            conn.drop_aconn().await;
-        }
-        r.map(parse_attempt)
+        conn.run_async::<(i64, i64, String)>(&inv)
+            .await
+            .map(parse_attempt)
     }
 
     fn log_waiting(&self, holder: &str, pttl: i64) {
@@ -485,8 +482,7 @@ impl HandleInner {
 
     async fn cancel_async(&self, conn: &Conn) -> redis::RedisResult<()> {
         let inv = invoke4(&CANCEL, &self.names, &[&self.token]);
-        let mut c = conn.aconn().await?;
-        inv.invoke_async::<i64>(&mut c).await.map(|_| ())
+        conn.run_async::<i64>(&inv).await.map(|_| ())
     }
 
     /// The whole async acquisition. Dropped mid-way (task cancelled), the `Cancel` guard
@@ -723,12 +719,7 @@ impl HandleInner {
             inv.key(&self.names.lock).arg(&self.token).arg(ms(ttl));
             inv
         };
-        let mut c = conn.aconn().await?;
-        let r = inv.invoke_async::<i64>(&mut c).await;
-        if r.is_err() {
-            conn.drop_aconn().await;
-        }
-        r.map(|v| v == 1)
+        conn.run_async::<i64>(&inv).await.map(|v| v == 1)
     }
 
     /// Switches Held -> Released and stops the renewal; returns what was held.
@@ -776,14 +767,9 @@ impl HandleInner {
             Backend::Redis => {
                 let conn = self.core.conn()?;
                 let inv = invoke4(&RELEASE, &self.names, &[&self.token]);
-                let r = match conn.aconn().await {
-                    Ok(mut c) => inv.invoke_async::<i64>(&mut c).await,
-                    Err(e) => Err(e),
-                };
-                match r {
+                match conn.run_async::<i64>(&inv).await {
                     Ok(v) => v == 1,
                     Err(e) => {
-                        conn.drop_aconn().await;
                         self.release_failed(&conn, &e);
                         false
                     }

@@ -572,6 +572,28 @@ def test_fallback_raise_within_connect_timeout() -> None:
     asyncio.run(main())
 
 
+def test_quick_restart_reconnects_without_fallback(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="sessionlock")
+    srv = RedisServer()
+    srv.start()
+    try:
+        lk = RedisLock(srv.url, connect_timeout=0.5)
+
+        async def one() -> str:
+            async with lk.acquire(new_key()) as h:
+                return h.backend
+
+        assert lk.acquire(new_key()).release()
+        assert asyncio.run(one()) == "redis"
+        srv.restart()  # idle pooled connections are now dead
+        with lk.acquire(new_key()) as h:
+            assert h.backend == "redis"
+        assert asyncio.run(one()) == "redis"
+        assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
+    finally:
+        srv.stop()
+
+
 def test_redis_killed_midrun_falls_back_and_returns(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="sessionlock")
     srv = RedisServer()
