@@ -1,13 +1,19 @@
 //! sessionlock's native core. This file only wires the module; each concept lives in its
 //! own file: `store` (session map), `keylock` (per-key FIFO locks), `manager`
 //! (BaseSessionManager), `session_lock` (SessionLock and its awaitable), `errors`,
-//! `config` (argument rules) and `pyglue` (asking Python who runs).
+//! `config` (argument rules), `pyglue` (asking Python who runs), and the distributed lock:
+//! `redis_lock` (RedisLock and its handles), `redis_scripts` (the Lua protocol),
+//! `redis_conn` (connections, runtime, pub/sub, fork) and `local_lock` (the fallback).
 
 pub mod config;
 pub mod errors;
 pub mod keylock;
+pub mod local_lock;
 pub mod manager;
 mod pyglue;
+pub mod redis_conn;
+pub mod redis_lock;
+pub mod redis_scripts;
 pub mod session_lock;
 pub mod store;
 
@@ -20,5 +26,9 @@ fn _sessionlock(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pyglue::register(m)?;
     m.add_class::<manager::PyManager>()?;
     m.add_class::<session_lock::PySessionLock>()?;
+    m.add_class::<redis_lock::PyRedisLock>()?;
+    m.add_class::<redis_lock::PyRecommendationLock>()?;
+    m.add_class::<redis_lock::PyLockHandle>()?;
+    m.add_class::<redis_lock::PyLockInfo>()?;
     Ok(())
 }

@@ -172,3 +172,30 @@ pub fn log_exception(py: Python<'_>, msg: &str, err: &PyErr) {
         e.write_unraisable(py, None);
     }
 }
+
+/// `logging` levels used by the Redis lock.
+pub const DEBUG: u8 = 10;
+pub const INFO: u8 = 20;
+pub const WARNING: u8 = 30;
+
+/// Logs through the `sessionlock` logger if it is enabled for `level`; `msg` is built only
+/// then, so a disabled DEBUG line costs one `isEnabledFor` call. Never raises.
+pub fn log(py: Python<'_>, level: u8, msg: impl FnOnce() -> String) {
+    let res = logger(py).and_then(|l| {
+        if l.call_method1(pyo3::intern!(py, "isEnabledFor"), (level,))?
+            .is_truthy()?
+        {
+            l.call_method1(pyo3::intern!(py, "log"), (level, msg()))?;
+        }
+        Ok(())
+    });
+    if let Err(e) = res {
+        e.write_unraisable(py, None);
+    }
+}
+
+/// [`log`] from a thread that does not hold the GIL (a runtime task). Skipped when the
+/// interpreter is shutting down.
+pub fn log_detached(level: u8, msg: impl FnOnce() -> String) {
+    let _ = Python::try_attach(|py| log(py, level, msg));
+}

@@ -26,7 +26,15 @@ def test_readme_has_python_examples() -> None:
 @pytest.mark.parametrize(
     ("line", "code"), blocks(), ids=lambda v: f"line{v}" if isinstance(v, int) else ""
 )
-def test_readme_block_runs(line: int, code: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readme_block_runs(
+    line: int, code: str, monkeypatch: pytest.MonkeyPatch, redis_url: str
+) -> None:
+    # Redis examples configure themselves from the environment, as users' code does: point
+    # them at the server this test run started (never at one it did not start).
+    assert "localhost:6379" not in code, "README code must take Redis from REDIS_URL"
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    for var in ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD"):
+        monkeypatch.delenv(var, raising=False)
     # A real, registered module: dataclasses and pickling look classes up by module name.
     module = types.ModuleType(f"readme_line_{line}")
     monkeypatch.setitem(sys.modules, module.__name__, module)

@@ -1,8 +1,8 @@
 """Type stubs for sessionlock's native core (hand-written; kept honest by mypy.stubtest)."""
 
 import types
-from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar, final, overload
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, Generic, Literal, Self, TypeVar, final, overload
 
 _C = TypeVar("_C")
 _T = TypeVar("_T")
@@ -139,3 +139,159 @@ class BaseSessionManager(Generic[_C]):
     def _safe_get_or_create(self, session_id: str, factory_func: Callable[[], _C]) -> _C: ...
     def _safe_get(self, session_id: str) -> _C | None: ...
     def _safe_delete(self, session_id: str) -> bool: ...
+
+@final
+class LockInfo:
+    """Who holds a distributed lock: ``holder()``'s answer."""
+
+    @property
+    def token(self) -> str:
+        """The holder's token (``LockHandle.token``)."""
+    @property
+    def ttl(self) -> float:
+        """Seconds left on the holder's lease (``inf`` if the key has no expiry)."""
+
+@final
+class LockHandle:
+    """One acquisition of a ``RedisLock``: owns the lock while held.
+
+    Ownership is this handle's random ``token``, never the thread or task, so two tasks or
+    threads sharing one ``RedisLock`` never share a lock. A handle created inside a running
+    event loop is *pending*: ``await handle`` / ``async with handle`` take the lock without
+    blocking the loop; ``with`` / ``bool()`` take it blocking (one warning is logged).
+    """
+
+    @property
+    def key(self) -> str:
+        """The full Redis key (prefix + key)."""
+    @property
+    def token(self) -> str:
+        """Random owner token stored as the key's value."""
+    @property
+    def fencing_token(self) -> int | None:
+        """Strictly increasing per key; ``None`` on the local fallback or if not acquired."""
+    @property
+    def backend(self) -> Literal["redis", "local"]:
+        """Where the lock lives: ``"local"`` while Redis is unreachable (fallback)."""
+    @property
+    def acquired(self) -> bool:
+        """True while held (never blocks; a pending handle is not acquired yet)."""
+    @property
+    def waited(self) -> float:
+        """Seconds the acquisition waited (to skip work another holder just did)."""
+    @property
+    def lost(self) -> bool:
+        """True once a renewal (or ``extend``/``ensure_held``) found the lock gone."""
+    def __bool__(self) -> bool:
+        """Whether the lock is held; settles a pending handle first (blocking)."""
+    def release(self) -> bool:
+        """Owner-only release (compare-and-delete); hands the lock to the next waiter.
+
+        Returns False if this handle does not hold it (any more): never held, already
+        released, lease ran out, or Redis unreachable (then a warning is logged and the lease
+        runs out on its own). Safe to retry. The GIL is released during the round trip.
+        """
+    def extend(self, ttl: float | None = None) -> bool:
+        """Owner-only: sets the lease to ``ttl`` seconds (default: the acquire ttl).
+
+        False (and ``lost`` set) if the lock is no longer this handle's.
+        Raises ``RedisUnavailable`` if Redis cannot be asked. Releases the GIL.
+        """
+    def is_held(self) -> bool:
+        """Asks Redis (or the local table) whether this handle still owns the lock.
+
+        Raises ``RedisUnavailable`` if Redis cannot be asked. Releases the GIL.
+        """
+    def ensure_held(self) -> None:
+        """Raises ``LockLost`` unless this handle still owns the lock (asks Redis).
+
+        Call it right before committing a write.
+        """
+    def __enter__(self) -> LockHandle:
+        """Takes a pending lock (blocking); raises ``LockTimeout`` if the wait ran out."""
+    def __exit__(self, exc_type: object, _exc: object = None, _tb: object = None) -> bool:
+        """Releases; raises ``LockLost`` if the lock was lost while held (and no other
+        exception is propagating)."""
+    def __await__(self) -> Generator[Any, None, LockHandle]:
+        """``h = await lk.acquire(k)``: the handle, held or not (check ``bool(h)``)."""
+    def __aenter__(self) -> Awaitable[LockHandle]:
+        """Takes the lock without blocking the loop; raises ``LockTimeout``."""
+    def __aexit__(
+        self, exc_type: object, _exc: object = None, _tb: object = None
+    ) -> Awaitable[bool]:
+        """Releases without blocking the loop; raises ``LockLost`` like ``__exit__``."""
+
+class RedisLock:
+    """A distributed lock on Redis with fencing tokens, fair hand-off and auto-renewal.
+
+    Connection: ``url``, else ``REDIS_URL``, else ``REDIS_HOST``/``REDIS_PORT``/``REDIS_DB``/
+    ``REDIS_PASSWORD``, else ``redis://localhost:6379/0`` (``rediss://`` for TLS). Passwords
+    never appear in logs, reprs or errors. ``fallback="local"`` uses a process-local lock
+    while Redis is unreachable (``backend == "local"``); ``fallback="raise"`` raises
+    ``RedisUnavailable`` within ``connect_timeout``. Raises ``TypeError``/``ValueError`` for
+    bad arguments.
+    """
+
+    def __new__(
+        cls,
+        url: str | None = None,
+        *,
+        prefix: str = "sessionlock:",
+        ttl: float = 30.0,
+        wait: float = 10.0,
+        auto_renew: bool = True,
+        max_hold: float | None = None,
+        fallback: Literal["local", "raise"] = "local",
+        connect_timeout: float = 1.0,
+    ) -> Self: ...
+    @property
+    def prefix(self) -> str:
+        """Prepended to every key."""
+    @property
+    def url(self) -> str:
+        """The Redis URL with any password masked."""
+    def acquire(
+        self, key: str | int, *, ttl: float | None = None, wait: float | None = None
+    ) -> LockHandle:
+        """Takes the lock on ``key`` for a lease of ``ttl`` seconds, waiting up to ``wait``.
+
+        With no running event loop: waits (GIL released, Ctrl-C works) and returns the
+        handle, falsy if the wait ran out. Inside a running loop: returns a pending handle
+        for ``async with`` / ``await``. Raises ``RedisUnavailable`` (fallback="raise").
+        """
+    def try_acquire(self, key: str | int, *, ttl: float | None = None) -> LockHandle:
+        """One attempt, no waiting: a falsy handle if the lock is taken."""
+    def is_locked(self, key: str | int) -> bool:
+        """Whether anyone holds ``key`` now."""
+    def holder(self, key: str | int) -> LockInfo | None:
+        """The current holder's token and remaining lease, or None."""
+    def force_release(self, key: str | int) -> bool:
+        """Deletes whoever holds ``key`` (admin use); True if it was held."""
+    def stats(self) -> dict[str, int]:
+        """acquired, contended, timeouts, lost, renewals, fallback_acquires, wait_ns."""
+    def close(self) -> None:
+        """Refuses new acquisitions; held handles stay valid."""
+    def __enter__(self) -> RedisLock: ...
+    def __exit__(self, *_exc: object) -> bool: ...
+
+@final
+class RecommendationLock(RedisLock):
+    """``RedisLock`` with the recommendation job's defaults: prefix
+    ``job_recommendation_lock:user:``, lease 300 s, wait 10 s."""
+
+    def __new__(
+        cls,
+        url: str | None = None,
+        *,
+        prefix: str = "job_recommendation_lock:user:",
+        ttl: float = 300.0,
+        wait: float = 10.0,
+        auto_renew: bool = True,
+        max_hold: float | None = None,
+        fallback: Literal["local", "raise"] = "local",
+        connect_timeout: float = 1.0,
+    ) -> Self: ...
+    def acquire(  # type: ignore[override]
+        self, user_id: int | str, timeout: float = 300.0, *, wait: float | None = None
+    ) -> LockHandle:
+        """The old call: ``timeout`` is the lease in seconds; ``wait`` bounds the wait."""

@@ -1,0 +1,1585 @@
+//! `RedisLock`, `RecommendationLock`, `LockHandle` and `LockInfo`: the distributed job lock.
+//!
+//! The protocol is in `redis_scripts.rs` (one script per state change), the connections,
+//! runtime and pub/sub hub in `redis_conn.rs`, the fallback in `local_lock.rs`. This file
+//! owns the acquisition loops (sync and async), the renewal task and the Python surface.
+//!
+//! Invariants:
+//! - Ownership is the handle's random token, never the thread or task.
+//! - No Rust lock is held while Python runs or while a network round trip is in flight:
+//!   `HandleInner::state` is held only to read or switch the state; connections are taken
+//!   out of the pool for the duration of a call.
+//! - `done` is set before a release is sent, and the renewal task checks it after every
+//!   round trip, so a renewal racing the release never reports a loss.
+//! - Every sync network call and every wait runs inside `py.detach`, in steps of at most
+//!   `STEP`, with `py.check_signals()` in between.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyInt, PyString, PyTuple};
+use redis::Script;
+
+use crate::errors::{Error, Result};
+use crate::local_lock::LocalLocks;
+use crate::pyglue::{self, DEBUG, INFO, WARNING};
+use crate::redis_conn::{process, Conn, ForkSafeRuntime, Notice, Target};
+use crate::redis_scripts::{self as scripts, Names};
+
+/// Longest a sync wait runs without checking for signals.
+const STEP: Duration = Duration::from_millis(50);
+/// A queued waiter refreshes its queue entry (and re-checks the lock) at least this often,
+/// so the entry of a waiter that died is skipped soon after.
+const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long a queue entry outlives the waiter's next planned refresh.
+const GRACE: Duration = Duration::from_secs(1);
+
+static ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&scripts::with_prologue(scripts::ACQUIRE_BODY)));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&scripts::with_prologue(scripts::RELEASE_BODY)));
+static CANCEL: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&scripts::with_prologue(scripts::CANCEL_BODY)));
+static FORCE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(&scripts::with_prologue(scripts::FORCE_BODY)));
+static EXTEND: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::EXTEND));
+static HOLDER: LazyLock<Script> = LazyLock::new(|| Script::new(scripts::HOLDER));
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn invoke4<'a>(script: &'a Script, n: &Names, args: &[&str]) -> redis::ScriptInvocation<'a> {
+    let mut inv = script.prepare_invoke();
+    for k in n.keys() {
+        inv.key(k);
+    }
+    for a in args {
+        inv.arg(*a);
+    }
+    inv
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared lock state
+
+#[derive(Default)]
+struct Stats {
+    acquired: AtomicU64,
+    contended: AtomicU64,
+    timeouts: AtomicU64,
+    lost: AtomicU64,
+    renewals: AtomicU64,
+    fallback_acquires: AtomicU64,
+    wait_ns: AtomicU64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    Redis,
+    Local,
+}
+
+impl Backend {
+    fn name(self) -> &'static str {
+        match self {
+            Backend::Redis => "redis",
+            Backend::Local => "local",
+        }
+    }
+}
+
+/// Configuration and counters shared by a `RedisLock` and all its handles.
+struct Core {
+    target: Target,
+    prefix: String,
+    ttl: Duration,
+    wait: Duration,
+    auto_renew: bool,
+    max_hold: Option<Duration>,
+    raise: bool,
+    connect_timeout: Duration,
+    stats: Stats,
+    closed: AtomicBool,
+    warned_sync_in_loop: AtomicBool,
+}
+
+/// What an attempt to use Redis found.
+enum Route {
+    Redis(Arc<Conn>),
+    Local(Arc<LocalLocks>),
+}
+
+impl Core {
+    fn conn(&self) -> Result<Arc<Conn>> {
+        process().conn(&self.target, self.connect_timeout)
+    }
+
+    /// Redis unless an outage is in progress and the next probe is not due yet.
+    fn route(&self) -> Result<Route> {
+        let conn = self.conn()?;
+        let probe_due = {
+            let o = conn.outage.lock();
+            !o.down || o.next_probe.is_none_or(|t| Instant::now() >= t)
+        };
+        if probe_due {
+            Ok(Route::Redis(conn))
+        } else if self.raise {
+            Err(self.unavailable_msg("Redis is unreachable (retrying with backoff)"))
+        } else {
+            Ok(Route::Local(process().local.clone()))
+        }
+    }
+
+    fn unavailable_msg(&self, why: &str) -> Error {
+        Error::Unavailable(format!("{why}: {}", self.target.display))
+    }
+
+    /// Records a failed Redis call: starts an outage (one warning) or pushes the next
+    /// probe back. Returns the error to raise when the fallback is "raise".
+    fn redis_failed(&self, conn: &Conn, err: &redis::RedisError) -> Error {
+        let desc = conn.target.describe(err);
+        let first = {
+            let mut o = conn.outage.lock();
+            let first = !o.down;
+            o.down = true;
+            o.backoff = if first {
+                Duration::from_millis(100)
+            } else {
+                (o.backoff * 2).min(Duration::from_secs(5))
+            };
+            o.next_probe = Some(Instant::now() + o.backoff);
+            first
+        };
+        conn.reset_pool();
+        if first {
+            let fallback = if self.raise {
+                "raising RedisUnavailable"
+            } else {
+                "using the process-local lock (excludes within this process only)"
+            };
+            pyglue::log_detached(WARNING, || {
+                format!("sessionlock: Redis unreachable ({desc}); {fallback} until it answers")
+            });
+        }
+        Error::Unavailable(format!("Redis unreachable: {desc}"))
+    }
+
+    #[allow(clippy::unused_self)] // reason: kept a method so every outage transition reads `core.…`
+    fn redis_ok(&self, conn: &Conn) {
+        let was_down = {
+            let mut o = conn.outage.lock();
+            std::mem::replace(&mut o.down, false)
+        };
+        if was_down {
+            let shown = conn.target.display.clone();
+            pyglue::log_detached(WARNING, || {
+                format!("sessionlock: Redis at {shown} answers again; back to the distributed lock")
+            });
+        }
+    }
+
+    fn ttl_for(&self, ttl: Option<f64>) -> Result<Duration> {
+        match ttl {
+            None => Ok(self.ttl),
+            Some(v) => positive_secs("ttl", v),
+        }
+    }
+
+    fn wait_for(&self, wait: Option<f64>) -> Result<Duration> {
+        match wait {
+            None => Ok(self.wait),
+            Some(v) => non_negative_secs("wait", v),
+        }
+    }
+}
+
+fn positive_secs(name: &str, v: f64) -> Result<Duration> {
+    if v.is_nan() || !v.is_finite() || v <= 0.0 {
+        return Err(Error::Value(format!(
+            "{name} must be a positive number of seconds, got {v}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(v.min(1e9)).max(Duration::from_millis(1)))
+}
+
+fn non_negative_secs(name: &str, v: f64) -> Result<Duration> {
+    if v.is_nan() || !v.is_finite() || v < 0.0 {
+        return Err(Error::Value(format!(
+            "{name} must be a finite number of seconds >= 0, got {v}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(v.min(1e9)))
+}
+
+fn check_prefix(prefix: &str) -> Result<()> {
+    if prefix.contains('\0') {
+        return Err(Error::Value("prefix must not contain NUL".into()));
+    }
+    Ok(())
+}
+
+/// A user key (`str` or `int`) as text.
+fn key_text(key: &Bound<'_, PyAny>) -> Result<String> {
+    let s = if let Ok(s) = key.cast::<PyString>() {
+        s.to_str()?.to_owned()
+    } else if key.is_instance_of::<PyInt>() && !key.is_instance_of::<pyo3::types::PyBool>() {
+        key.str()?.to_str()?.to_owned()
+    } else {
+        return Err(Error::Type(format!(
+            "lock key must be str or int, not {}",
+            key.get_type().name()?
+        )));
+    };
+    if s.is_empty() {
+        return Err(Error::Value("lock key must not be empty".into()));
+    }
+    if s.contains('\0') {
+        return Err(Error::Value("lock key must not contain NUL".into()));
+    }
+    Ok(s)
+}
+
+// ---------------------------------------------------------------------------------------
+// Handles
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Created inside a running loop; nothing asked yet.
+    Pending,
+    /// An acquisition is running.
+    Acquiring,
+    Held {
+        backend: Backend,
+        fence: Option<i64>,
+    },
+    NotAcquired {
+        backend: Backend,
+    },
+    Released {
+        backend: Backend,
+        fence: Option<i64>,
+    },
+}
+
+struct HandleInner {
+    core: Arc<Core>,
+    names: Names,
+    token: String,
+    ttl: Duration,
+    wait: Duration,
+    state: Mutex<State>,
+    lost: AtomicBool,
+    /// Released or abandoned: the renewal stops and reports nothing any more.
+    done: AtomicBool,
+    /// The awaitable of a pending acquisition was cancelled: a lock obtained anyway (the
+    /// hand-off raced the cancellation) is released at once instead of becoming a ghost.
+    abandoned: AtomicBool,
+    waited_ns: AtomicU64,
+    /// Holder seen while waiting (for the LockTimeout message).
+    last_holder: Mutex<Option<String>>,
+    renew: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+enum Outcome {
+    Held(Backend, Option<i64>),
+    NotAcquired(Backend),
+}
+
+/// Result of a script that says "you hold it" or "held by X for N ms".
+enum Attempt {
+    Got(i64),
+    Taken { pttl: i64, holder: String },
+}
+
+fn parse_attempt(r: (i64, i64, String)) -> Attempt {
+    if r.0 == 1 {
+        Attempt::Got(r.1)
+    } else {
+        Attempt::Taken {
+            pttl: r.1,
+            holder: r.2,
+        }
+    }
+}
+
+/// Where a contended wait stands between steps.
+struct Waiting {
+    conn: Arc<Conn>,
+    guard: crate::redis_conn::WaitGuard,
+    /// When to run the acquire script again (refresh, or the holder's lease ends).
+    recheck_at: Instant,
+}
+
+impl HandleInner {
+    fn sleep_until_for(pttl: i64) -> Duration {
+        match pttl {
+            p if p >= 0 => Duration::from_millis(u64::try_from(p).unwrap_or(0) + 1).min(HEARTBEAT),
+            -2 => Duration::ZERO,
+            _ => HEARTBEAT,
+        }
+    }
+
+    fn queue_ms(remaining: Duration) -> String {
+        ms(remaining.min(HEARTBEAT) + GRACE).to_string()
+    }
+
+    fn acquire_args(&self, queue: Option<Duration>) -> [String; 3] {
+        [
+            self.token.clone(),
+            ms(self.ttl).to_string(),
+            queue.map_or_else(|| "0".to_owned(), Self::queue_ms),
+        ]
+    }
+
+    fn run_acquire_sync(
+        &self,
+        conn: &Conn,
+        queue: Option<Duration>,
+    ) -> redis::RedisResult<Attempt> {
+        let a = self.acquire_args(queue);
+        let inv = invoke4(&ACQUIRE, &self.names, &[&a[0], &a[1], &a[2]]);
+        conn.sync(|c| inv.invoke::<(i64, i64, String)>(c))
+            .map(parse_attempt)
+    }
+
+    async fn run_acquire_async(
+        &self,
+        conn: &Conn,
+        queue: Option<Duration>,
+    ) -> redis::RedisResult<Attempt> {
+        let a = self.acquire_args(queue);
+        let inv = invoke4(&ACQUIRE, &self.names, &[&a[0], &a[1], &a[2]]);
+        conn.run_async::<(i64, i64, String)>(&inv)
+            .await
+            .map(parse_attempt)
+    }
+
+    fn log_waiting(&self, holder: &str, pttl: i64) {
+        *self.last_holder.lock() = Some(holder.to_owned());
+        let key = self.names.lock.clone();
+        let token = self.token.clone();
+        let holder = holder.to_owned();
+        pyglue::log_detached(DEBUG, || {
+            format!("sessionlock: waiting for {key:?} (token {token}): held by {holder}, {pttl} ms left")
+        });
+    }
+
+    /// One bounded step of a sync acquisition (GIL released by the caller).
+    /// `Ok(None)`: call again after checking signals.
+    fn step_sync(
+        &self,
+        deadline: Instant,
+        waiting: &mut Option<Waiting>,
+        local: &mut bool,
+    ) -> Result<Option<Outcome>> {
+        let core = &self.core;
+        if *local {
+            return Ok(self.local_step_sync(deadline));
+        }
+        let now = Instant::now();
+        if let Some(w) = waiting.as_mut() {
+            if now < w.recheck_at && now < deadline {
+                let until = w.recheck_at.min(deadline).min(now + STEP);
+                match w.guard.slot.wait_sync(until - now) {
+                    Some(Notice::Granted(f)) => {
+                        core.redis_ok(&w.conn);
+                        return Ok(Some(Outcome::Held(Backend::Redis, Some(f))));
+                    }
+                    Some(Notice::Recheck) => w.recheck_at = Instant::now(),
+                    None => {}
+                }
+                return Ok(None);
+            }
+            let conn = w.conn.clone();
+            if now >= deadline {
+                let r = self.cancel_sync(&conn);
+                *waiting = None;
+                return match r {
+                    Ok(()) => Ok(Some(Outcome::NotAcquired(Backend::Redis))),
+                    Err(e) => self.fall_back(&conn, &e, local).map(|()| None),
+                };
+            }
+            return match self.run_acquire_sync(&conn, Some(deadline - now)) {
+                Ok(Attempt::Got(f)) => Ok(Some(Outcome::Held(Backend::Redis, Some(f)))),
+                Ok(Attempt::Taken { pttl, .. }) => {
+                    w.recheck_at = Instant::now() + Self::sleep_until_for(pttl);
+                    Ok(None)
+                }
+                Err(e) => {
+                    *waiting = None;
+                    self.fall_back(&conn, &e, local).map(|()| None)
+                }
+            };
+        }
+        // first attempt
+        let conn = match core.route()? {
+            Route::Redis(c) => c,
+            Route::Local(_) => {
+                *local = true;
+                return Ok(self.local_step_sync(deadline));
+            }
+        };
+        match self.run_acquire_sync(&conn, None) {
+            Ok(Attempt::Got(f)) => {
+                core.redis_ok(&conn);
+                Ok(Some(Outcome::Held(Backend::Redis, Some(f))))
+            }
+            Ok(Attempt::Taken { pttl, holder }) => {
+                core.redis_ok(&conn);
+                core.stats.contended.fetch_add(1, Ordering::Relaxed);
+                self.log_waiting(&holder, pttl);
+                if now >= deadline {
+                    return Ok(Some(Outcome::NotAcquired(Backend::Redis)));
+                }
+                // listen before queueing, so the hand-off notice cannot be missed
+                let guard = conn.register(&self.names.channel, &self.token);
+                let rt = process();
+                if let Err(e) = rt.runtime.block_on(conn.listen(&core.prefix)) {
+                    return self.fall_back(&conn, &e, local).map(|()| None);
+                }
+                *waiting = Some(Waiting {
+                    conn,
+                    guard,
+                    recheck_at: Instant::now(),
+                });
+                Ok(None)
+            }
+            Err(e) => self.fall_back(&conn, &e, local).map(|()| None),
+        }
+    }
+
+    fn fall_back(&self, conn: &Conn, e: &redis::RedisError, local: &mut bool) -> Result<()> {
+        let err = self.core.redis_failed(conn, e);
+        if self.core.raise {
+            return Err(err);
+        }
+        *local = true;
+        Ok(())
+    }
+
+    fn local_step_sync(&self, deadline: Instant) -> Option<Outcome> {
+        let now = Instant::now();
+        let step = deadline.saturating_duration_since(now).min(STEP);
+        let local = process().local.clone();
+        if local.take_sync(&self.names.lock, &self.token, self.ttl, step) {
+            return Some(Outcome::Held(Backend::Local, None));
+        }
+        if Instant::now() >= deadline {
+            return Some(Outcome::NotAcquired(Backend::Local));
+        }
+        None
+    }
+
+    fn cancel_sync(&self, conn: &Conn) -> redis::RedisResult<()> {
+        let inv = invoke4(&CANCEL, &self.names, &[&self.token]);
+        conn.sync(|c| inv.invoke::<i64>(c)).map(|_| ())
+    }
+
+    async fn cancel_async(&self, conn: &Conn) -> redis::RedisResult<()> {
+        let inv = invoke4(&CANCEL, &self.names, &[&self.token]);
+        conn.run_async::<i64>(&inv).await.map(|_| ())
+    }
+
+    /// The whole async acquisition. Dropped mid-way (task cancelled), the `Cancel` guard
+    /// withdraws the queue entry and passes on a lock that was handed over meanwhile.
+    async fn acquire_async(self: &Arc<Self>) -> Result<Outcome> {
+        let core = &self.core;
+        let deadline = Instant::now() + self.wait;
+        if let Route::Redis(conn) = core.route()? {
+            match self.acquire_redis_async(&conn, deadline).await {
+                Ok(o) => {
+                    core.redis_ok(&conn);
+                    return Ok(o);
+                }
+                Err(e) => {
+                    let err = core.redis_failed(&conn, &e);
+                    if core.raise {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        let local = process().local.clone();
+        let step = deadline.saturating_duration_since(Instant::now());
+        if local
+            .take_async(&self.names.lock, &self.token, self.ttl, step)
+            .await
+        {
+            Ok(Outcome::Held(Backend::Local, None))
+        } else {
+            Ok(Outcome::NotAcquired(Backend::Local))
+        }
+    }
+
+    async fn acquire_redis_async(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        deadline: Instant,
+    ) -> redis::RedisResult<Outcome> {
+        match self.run_acquire_async(conn, None).await? {
+            Attempt::Got(f) => return Ok(Outcome::Held(Backend::Redis, Some(f))),
+            Attempt::Taken { pttl, holder } => {
+                self.core.stats.contended.fetch_add(1, Ordering::Relaxed);
+                self.log_waiting(&holder, pttl);
+                if Instant::now() >= deadline {
+                    return Ok(Outcome::NotAcquired(Backend::Redis));
+                }
+            }
+        }
+        let guard = conn.register(&self.names.channel, &self.token);
+        conn.listen(&self.core.prefix).await?;
+        let mut cancel = CancelOnDrop {
+            inner: Some(self.clone()),
+        };
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                cancel.inner = None;
+                self.cancel_async(conn).await?;
+                return Ok(Outcome::NotAcquired(Backend::Redis));
+            }
+            let pttl = match self.run_acquire_async(conn, Some(deadline - now)).await? {
+                Attempt::Got(f) => {
+                    cancel.inner = None;
+                    return Ok(Outcome::Held(Backend::Redis, Some(f)));
+                }
+                Attempt::Taken { pttl, .. } => pttl,
+            };
+            let nap =
+                Self::sleep_until_for(pttl).min(deadline.saturating_duration_since(Instant::now()));
+            if let Some(Notice::Granted(f)) = guard.slot.wait_async(nap).await {
+                cancel.inner = None;
+                return Ok(Outcome::Held(Backend::Redis, Some(f)));
+            }
+        }
+    }
+
+    /// Records the outcome; starts the renewal. Returns whether the lock is held.
+    fn finish(self: &Arc<Self>, outcome: Outcome, started: Instant) -> bool {
+        let waited = started.elapsed();
+        self.waited_ns.store(
+            waited.as_nanos().try_into().unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        let stats = &self.core.stats;
+        stats.wait_ns.fetch_add(
+            waited.as_nanos().try_into().unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        match outcome {
+            Outcome::Held(backend, fence) => {
+                *self.state.lock() = State::Held { backend, fence };
+                stats.acquired.fetch_add(1, Ordering::Relaxed);
+                if backend == Backend::Local {
+                    stats.fallback_acquires.fetch_add(1, Ordering::Relaxed);
+                }
+                if self.core.auto_renew {
+                    self.start_renewal(backend);
+                }
+                // pairs with `abandon`: whichever of the two runs second releases
+                if self.abandoned.load(Ordering::SeqCst) {
+                    self.release_in_background();
+                }
+                true
+            }
+            Outcome::NotAcquired(backend) => {
+                *self.state.lock() = State::NotAcquired { backend };
+                stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    fn log_outcome(&self, py: Python<'_>, held: bool) {
+        let state = *self.state.lock();
+        pyglue::log(py, DEBUG, || {
+            let waited = self.waited_ns.load(Ordering::Relaxed) as f64 / 1e6;
+            if held {
+                let (backend, fence) = match state {
+                    State::Held { backend, fence } => (backend, fence),
+                    _ => (Backend::Redis, None),
+                };
+                format!(
+                    "sessionlock: acquired {:?} token={} fencing_token={} waited={waited:.3}ms backend={}",
+                    self.names.lock,
+                    self.token,
+                    fence.map_or_else(|| "None".into(), |f| f.to_string()),
+                    backend.name()
+                )
+            } else {
+                format!(
+                    "sessionlock: gave up on {:?} (token {}) after {waited:.3}ms",
+                    self.names.lock, self.token
+                )
+            }
+        });
+    }
+
+    /// The caller's awaitable was cancelled: give back whatever this handle holds.
+    fn abandon(self: &Arc<Self>) {
+        self.abandoned.store(true, Ordering::SeqCst);
+        if matches!(*self.state.lock(), State::Held { .. }) {
+            self.release_in_background();
+        }
+    }
+
+    fn release_in_background(self: &Arc<Self>) {
+        let me = self.clone();
+        process().runtime.spawn(async move {
+            let _ = me.release_async().await;
+        });
+    }
+
+    fn start_renewal(self: &Arc<Self>, backend: Backend) {
+        let me = self.clone();
+        let task = process()
+            .runtime
+            .spawn(async move { me.renew_loop(backend).await });
+        *self.renew.lock() = Some(task.abort_handle());
+    }
+
+    fn mark_lost(&self, why: &str) {
+        if self.lost.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.core.stats.lost.fetch_add(1, Ordering::Relaxed);
+        let key = self.names.lock.clone();
+        let token = self.token.clone();
+        let why = why.to_owned();
+        pyglue::log_detached(WARNING, || {
+            format!("sessionlock: lock {key:?} (token {token}) LOST: {why}")
+        });
+    }
+
+    async fn renew_loop(self: Arc<Self>, backend: Backend) {
+        let period = (self.ttl / 3).max(Duration::from_millis(1));
+        let started = Instant::now();
+        let mut last_ok = Instant::now();
+        loop {
+            tokio::time::sleep(period).await;
+            if self.done.load(Ordering::Acquire) {
+                return;
+            }
+            let mut ttl = self.ttl;
+            if let Some(max) = self.core.max_hold {
+                let left = max.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    let key = self.names.lock.clone();
+                    pyglue::log_detached(INFO, || {
+                        format!("sessionlock: {key:?} reached max_hold; renewal stopped, the lease runs out")
+                    });
+                    return;
+                }
+                ttl = ttl.min(left);
+            }
+            let res = match backend {
+                Backend::Local => Ok(process().local.extend(&self.names.lock, &self.token, ttl)),
+                Backend::Redis => self.extend_async(ttl).await,
+            };
+            // a release that raced this renewal is not a loss
+            if self.done.load(Ordering::Acquire) {
+                return;
+            }
+            match res {
+                Ok(true) => {
+                    self.core.stats.renewals.fetch_add(1, Ordering::Relaxed);
+                    last_ok = Instant::now();
+                }
+                Ok(false) => {
+                    self.mark_lost("the key is gone or owned by another token");
+                    return;
+                }
+                Err(e) => {
+                    let desc = self.core.target.describe(&e);
+                    let key = self.names.lock.clone();
+                    pyglue::log_detached(WARNING, || {
+                        format!("sessionlock: renewing {key:?} failed: {desc}")
+                    });
+                    if last_ok.elapsed() >= self.ttl {
+                        self.mark_lost("renewals failed until the lease ran out");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn extend_async(&self, ttl: Duration) -> redis::RedisResult<bool> {
+        let conn = self
+            .core
+            .conn()
+            .map_err(|_| redis::RedisError::from(std::io::Error::other("no connection")))?;
+        let inv = {
+            let mut inv = EXTEND.prepare_invoke();
+            inv.key(&self.names.lock).arg(&self.token).arg(ms(ttl));
+            inv
+        };
+        conn.run_async::<i64>(&inv).await.map(|v| v == 1)
+    }
+
+    /// Switches Held -> Released and stops the renewal; returns what was held.
+    fn begin_release(&self) -> Option<(Backend, Option<i64>)> {
+        let mut st = self.state.lock();
+        let State::Held { backend, fence } = *st else {
+            return None;
+        };
+        *st = State::Released { backend, fence };
+        drop(st);
+        self.done.store(true, Ordering::Release);
+        if let Some(t) = self.renew.lock().take() {
+            t.abort();
+        }
+        Some((backend, fence))
+    }
+
+    fn release_sync(&self) -> Result<bool> {
+        let Some((backend, _)) = self.begin_release() else {
+            return Ok(false);
+        };
+        let ok = match backend {
+            Backend::Local => process().local.release(&self.names.lock, &self.token),
+            Backend::Redis => {
+                let conn = self.core.conn()?;
+                let inv = invoke4(&RELEASE, &self.names, &[&self.token]);
+                match conn.sync(|c| inv.invoke::<i64>(c)) {
+                    Ok(v) => v == 1,
+                    Err(e) => {
+                        self.release_failed(&conn, &e);
+                        false
+                    }
+                }
+            }
+        };
+        Ok(ok && !self.lost.load(Ordering::Acquire))
+    }
+
+    async fn release_async(&self) -> Result<bool> {
+        let Some((backend, _)) = self.begin_release() else {
+            return Ok(false);
+        };
+        let ok = match backend {
+            Backend::Local => process().local.release(&self.names.lock, &self.token),
+            Backend::Redis => {
+                let conn = self.core.conn()?;
+                let inv = invoke4(&RELEASE, &self.names, &[&self.token]);
+                match conn.run_async::<i64>(&inv).await {
+                    Ok(v) => v == 1,
+                    Err(e) => {
+                        self.release_failed(&conn, &e);
+                        false
+                    }
+                }
+            }
+        };
+        Ok(ok && !self.lost.load(Ordering::Acquire))
+    }
+
+    fn release_failed(&self, conn: &Conn, e: &redis::RedisError) {
+        let desc = conn.target.describe(e);
+        let key = self.names.lock.clone();
+        pyglue::log_detached(WARNING, || {
+            format!("sessionlock: could not release {key:?} ({desc}); renewal stopped, the lease runs out on its own")
+        });
+    }
+
+    fn log_released(&self, py: Python<'_>, ok: bool) {
+        pyglue::log(py, DEBUG, || {
+            format!(
+                "sessionlock: released {:?} (token {}): {}",
+                self.names.lock,
+                self.token,
+                if ok { "ok" } else { "was no longer held" }
+            )
+        });
+    }
+
+    /// Asks the backend whether this handle still owns the lock.
+    fn is_held_sync(&self) -> Result<bool> {
+        let State::Held { backend, .. } = *self.state.lock() else {
+            return Ok(false);
+        };
+        if self.lost.load(Ordering::Acquire) {
+            return Ok(false);
+        }
+        match backend {
+            Backend::Local => Ok(process()
+                .local
+                .holder(&self.names.lock)
+                .is_some_and(|(t, _)| t == self.token)),
+            Backend::Redis => {
+                let conn = self.core.conn()?;
+                let mut inv = HOLDER.prepare_invoke();
+                inv.key(&self.names.lock);
+                match conn.sync(|c| inv.invoke::<(String, i64)>(c)) {
+                    Ok((t, _)) => Ok(t == self.token),
+                    Err(e) => Err(Error::Unavailable(format!(
+                        "cannot check the lock: {}",
+                        conn.target.describe(&e)
+                    ))),
+                }
+            }
+        }
+    }
+
+    fn extend_sync(&self, ttl: Duration) -> Result<bool> {
+        let State::Held { backend, .. } = *self.state.lock() else {
+            return Ok(false);
+        };
+        let ok = match backend {
+            Backend::Local => process().local.extend(&self.names.lock, &self.token, ttl),
+            Backend::Redis => {
+                let conn = self.core.conn()?;
+                let mut inv = EXTEND.prepare_invoke();
+                inv.key(&self.names.lock).arg(&self.token).arg(ms(ttl));
+                conn.sync(|c| inv.invoke::<i64>(c)).map_err(|e| {
+                    Error::Unavailable(format!("cannot extend: {}", conn.target.describe(&e)))
+                })? == 1
+            }
+        };
+        if !ok {
+            self.mark_lost("extend found the key gone or owned by another token");
+        }
+        Ok(ok)
+    }
+
+    fn lost_error(&self) -> Error {
+        Error::Lost(format!(
+            "lock {:?} (token {}) was lost: its lease ran out or another client took it",
+            self.names.lock, self.token
+        ))
+    }
+
+    fn timeout_error(&self) -> Error {
+        let holder = self.last_holder.lock().clone();
+        Error::Timeout(format!(
+            "could not acquire {:?} within {:.3}s{}",
+            self.names.lock,
+            self.wait.as_secs_f64(),
+            holder.map_or_else(String::new, |h| format!(" (held by {h})"))
+        ))
+    }
+}
+
+/// Withdraws an async waiter whose future was dropped (task cancelled) while queued.
+struct CancelOnDrop {
+    inner: Option<Arc<HandleInner>>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            process().runtime.spawn(async move {
+                if let Ok(conn) = inner.core.conn() {
+                    let _ = inner.cancel_async(&conn).await;
+                }
+            });
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Python classes
+
+/// A distributed lock on Redis (see DESIGN.md, "RedisLock and RecommendationLock").
+#[pyclass(
+    frozen,
+    subclass,
+    module = "sessionlock._sessionlock",
+    name = "RedisLock"
+)]
+pub struct PyRedisLock {
+    core: Arc<Core>,
+}
+
+#[allow(clippy::too_many_arguments)] // reason: mirrors the documented keyword-only signature
+fn build_core(
+    url: Option<&str>,
+    prefix: String,
+    ttl: f64,
+    wait: f64,
+    auto_renew: bool,
+    max_hold: Option<f64>,
+    fallback: &str,
+    connect_timeout: f64,
+) -> Result<Core> {
+    check_prefix(&prefix)?;
+    let ttl = positive_secs("ttl", ttl)?;
+    let wait = non_negative_secs("wait", wait)?;
+    let max_hold = max_hold.map(|v| positive_secs("max_hold", v)).transpose()?;
+    let connect_timeout = positive_secs("connect_timeout", connect_timeout)?;
+    let raise = match fallback {
+        "local" => false,
+        "raise" => true,
+        other => {
+            return Err(Error::Value(format!(
+                "fallback must be \"local\" or \"raise\", got {other:?}"
+            )))
+        }
+    };
+    let target = Target::resolve(url, &|k| std::env::var(k).ok())?;
+    Ok(Core {
+        target,
+        prefix,
+        ttl,
+        wait,
+        auto_renew,
+        max_hold,
+        raise,
+        connect_timeout,
+        stats: Stats::default(),
+        closed: AtomicBool::new(false),
+        warned_sync_in_loop: AtomicBool::new(false),
+    })
+}
+
+impl PyRedisLock {
+    fn new_handle(
+        &self,
+        key: &Bound<'_, PyAny>,
+        ttl: Option<f64>,
+        wait: Duration,
+    ) -> Result<PyLockHandle> {
+        if self.core.closed.load(Ordering::Acquire) {
+            return Err(Error::Py(PyRuntimeError::new_err(
+                "this RedisLock is closed",
+            )));
+        }
+        let key = key_text(key)?;
+        let ttl = self.core.ttl_for(ttl)?;
+        let full = format!("{}{}", self.core.prefix, key);
+        Ok(PyLockHandle {
+            inner: Arc::new(HandleInner {
+                core: self.core.clone(),
+                names: Names::new(&full),
+                token: uuid::Uuid::new_v4().simple().to_string(),
+                ttl,
+                wait,
+                state: Mutex::new(State::Pending),
+                lost: AtomicBool::new(false),
+                done: AtomicBool::new(false),
+                abandoned: AtomicBool::new(false),
+                waited_ns: AtomicU64::new(0),
+                last_holder: Mutex::new(None),
+                renew: Mutex::new(None),
+            }),
+        })
+    }
+
+    fn do_acquire(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        ttl: Option<f64>,
+        wait: Option<f64>,
+        allow_pending: bool,
+    ) -> Result<PyLockHandle> {
+        let wait = self.core.wait_for(wait)?;
+        let h = self.new_handle(key, ttl, wait)?;
+        if allow_pending && pyglue::running_loop(py)?.is_some() {
+            return Ok(h);
+        }
+        h.acquire_blocking(py)?;
+        Ok(h)
+    }
+
+    fn names_for(&self, key: &Bound<'_, PyAny>) -> Result<Names> {
+        let key = key_text(key)?;
+        Ok(Names::new(&format!("{}{}", self.core.prefix, key)))
+    }
+
+    /// (token, pttl ms) of the holder, from Redis or, in an outage, the local table.
+    fn holder_of(&self, py: Python<'_>, names: &Names) -> Result<Option<(String, i64)>> {
+        let core = self.core.clone();
+        py.detach(|| match core.route()? {
+            Route::Redis(conn) => {
+                let mut inv = HOLDER.prepare_invoke();
+                inv.key(&names.lock);
+                match conn.sync(|c| inv.invoke::<(String, i64)>(c)) {
+                    Ok((t, p)) => {
+                        core.redis_ok(&conn);
+                        Ok((!t.is_empty()).then_some((t, p)))
+                    }
+                    Err(e) => {
+                        let err = core.redis_failed(&conn, &e);
+                        if core.raise {
+                            return Err(err);
+                        }
+                        Ok(local_holder(&process().local, names))
+                    }
+                }
+            }
+            Route::Local(l) => Ok(local_holder(&l, names)),
+        })
+    }
+}
+
+fn local_holder(l: &LocalLocks, names: &Names) -> Option<(String, i64)> {
+    l.holder(&names.lock)
+        .map(|(t, d)| (t, i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+}
+
+#[pymethods]
+impl PyRedisLock {
+    #[new]
+    #[pyo3(signature = (url=None, *, prefix="sessionlock:", ttl=30.0, wait=10.0,
+        auto_renew=true, max_hold=None, fallback="local", connect_timeout=1.0))]
+    #[allow(clippy::too_many_arguments)] // reason: the documented keyword-only signature
+    fn new(
+        url: Option<&str>,
+        prefix: &str,
+        ttl: f64,
+        wait: f64,
+        auto_renew: bool,
+        max_hold: Option<f64>,
+        fallback: &str,
+        connect_timeout: f64,
+    ) -> Result<Self> {
+        Ok(Self {
+            core: Arc::new(build_core(
+                url,
+                prefix.to_owned(),
+                ttl,
+                wait,
+                auto_renew,
+                max_hold,
+                fallback,
+                connect_timeout,
+            )?),
+        })
+    }
+
+    /// Takes the lock (see the stub for the sync/async rules).
+    #[pyo3(signature = (key, *, ttl=None, wait=None))]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        ttl: Option<f64>,
+        wait: Option<f64>,
+    ) -> Result<PyLockHandle> {
+        self.do_acquire(py, key, ttl, wait, true)
+    }
+
+    #[pyo3(signature = (key, *, ttl=None))]
+    fn try_acquire(
+        &self,
+        py: Python<'_>,
+        key: &Bound<'_, PyAny>,
+        ttl: Option<f64>,
+    ) -> Result<PyLockHandle> {
+        self.do_acquire(py, key, ttl, Some(0.0), false)
+    }
+
+    fn is_locked(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> Result<bool> {
+        let names = self.names_for(key)?;
+        Ok(self.holder_of(py, &names)?.is_some())
+    }
+
+    fn holder(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> Result<Option<PyLockInfo>> {
+        let names = self.names_for(key)?;
+        Ok(self.holder_of(py, &names)?.map(|(token, pttl)| PyLockInfo {
+            token,
+            ttl: if pttl < 0 {
+                f64::INFINITY
+            } else {
+                pttl as f64 / 1000.0
+            },
+        }))
+    }
+
+    fn force_release(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> Result<bool> {
+        let names = self.names_for(key)?;
+        let core = self.core.clone();
+        py.detach(|| match core.route()? {
+            Route::Redis(conn) => {
+                let inv = invoke4(&FORCE, &names, &[]);
+                match conn.sync(|c| inv.invoke::<i64>(c)) {
+                    Ok(v) => {
+                        core.redis_ok(&conn);
+                        Ok(v == 1)
+                    }
+                    Err(e) => {
+                        let err = core.redis_failed(&conn, &e);
+                        if core.raise {
+                            return Err(err);
+                        }
+                        Ok(process().local.force_release(&names.lock))
+                    }
+                }
+            }
+            Route::Local(l) => Ok(l.force_release(&names.lock)),
+        })
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = &self.core.stats;
+        let d = PyDict::new(py);
+        for (name, v) in [
+            ("acquired", &s.acquired),
+            ("contended", &s.contended),
+            ("timeouts", &s.timeouts),
+            ("lost", &s.lost),
+            ("renewals", &s.renewals),
+            ("fallback_acquires", &s.fallback_acquires),
+            ("wait_ns", &s.wait_ns),
+        ] {
+            d.set_item(name, v.load(Ordering::Relaxed))?;
+        }
+        Ok(d)
+    }
+
+    /// Refuses new acquisitions. Held handles stay valid until released.
+    fn close(&self) {
+        self.core.closed.store(true, Ordering::Release);
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, _exc: &Bound<'_, PyTuple>) -> bool {
+        self.close();
+        false
+    }
+
+    #[getter]
+    fn prefix(&self) -> &str {
+        &self.core.prefix
+    }
+
+    /// The URL with any password masked.
+    #[getter(url)]
+    fn shown_url(&self) -> &str {
+        &self.core.target.display
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "RedisLock(url={:?}, prefix={:?}, ttl={}, wait={}, fallback={:?})",
+            self.core.target.display,
+            self.core.prefix,
+            self.core.ttl.as_secs_f64(),
+            self.core.wait.as_secs_f64(),
+            if self.core.raise { "raise" } else { "local" }
+        )
+    }
+}
+
+/// `RedisLock` with the old recommendation lock's defaults and `acquire(user_id, timeout)`.
+#[pyclass(
+    frozen,
+    extends = PyRedisLock,
+    module = "sessionlock._sessionlock",
+    name = "RecommendationLock"
+)]
+pub struct PyRecommendationLock;
+
+#[pymethods]
+impl PyRecommendationLock {
+    #[new]
+    #[pyo3(signature = (url=None, *, prefix="job_recommendation_lock:user:",
+        ttl=300.0, wait=10.0, auto_renew=true, max_hold=None, fallback="local",
+        connect_timeout=1.0))]
+    #[allow(clippy::too_many_arguments)] // reason: the documented keyword-only signature
+    fn new(
+        url: Option<&str>,
+        prefix: &str,
+        ttl: f64,
+        wait: f64,
+        auto_renew: bool,
+        max_hold: Option<f64>,
+        fallback: &str,
+        connect_timeout: f64,
+    ) -> Result<PyClassInitializer<Self>> {
+        let base = PyRedisLock::new(
+            url,
+            prefix,
+            ttl,
+            wait,
+            auto_renew,
+            max_hold,
+            fallback,
+            connect_timeout,
+        )?;
+        Ok(PyClassInitializer::from(base).add_subclass(Self))
+    }
+
+    /// `timeout` is the lease (the old API's name), `wait` bounds the wait.
+    #[pyo3(signature = (user_id, timeout=300.0, *, wait=None))]
+    fn acquire(
+        slf: &Bound<'_, Self>,
+        user_id: &Bound<'_, PyAny>,
+        timeout: f64,
+        wait: Option<f64>,
+    ) -> Result<PyLockHandle> {
+        let base = slf.as_super().get();
+        base.do_acquire(slf.py(), user_id, Some(timeout), wait, true)
+    }
+
+    fn __repr__(slf: &Bound<'_, Self>) -> String {
+        slf.as_super()
+            .get()
+            .__repr__()
+            .replacen("RedisLock", "RecommendationLock", 1)
+    }
+}
+
+/// Who holds a lock and for how long.
+#[pyclass(frozen, module = "sessionlock._sessionlock", name = "LockInfo")]
+pub struct PyLockInfo {
+    #[pyo3(get)]
+    token: String,
+    /// Seconds left on the lease (inf if the key has no expiry).
+    #[pyo3(get)]
+    ttl: f64,
+}
+
+#[pymethods]
+impl PyLockInfo {
+    fn __repr__(&self) -> String {
+        format!("LockInfo(token={:?}, ttl={:.3})", self.token, self.ttl)
+    }
+}
+
+/// The result of `acquire()`: owns the lock while held.
+#[pyclass(frozen, module = "sessionlock._sessionlock", name = "LockHandle")]
+pub struct PyLockHandle {
+    inner: Arc<HandleInner>,
+}
+
+impl Drop for PyLockHandle {
+    fn drop(&mut self) {
+        // An abandoned handle stops renewing; its lease runs out on its own.
+        self.inner.done.store(true, Ordering::Release);
+        if let Some(t) = self.inner.renew.lock().take() {
+            t.abort();
+        }
+    }
+}
+
+impl PyLockHandle {
+    /// Claims a pending handle for acquisition; false if it is already settled.
+    fn claim(&self) -> Result<bool> {
+        let mut st = self.inner.state.lock();
+        match *st {
+            State::Pending => {
+                *st = State::Acquiring;
+                Ok(true)
+            }
+            State::Acquiring => Err(Error::Py(PyRuntimeError::new_err(
+                "this LockHandle is already being acquired",
+            ))),
+            _ => Ok(false),
+        }
+    }
+
+    /// Runs a pending acquisition on this thread, GIL released, signals checked.
+    fn acquire_blocking(&self, py: Python<'_>) -> Result<()> {
+        if !self.claim()? {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let started = Instant::now();
+        let deadline = started + inner.wait;
+        let mut waiting = None;
+        let mut local = false;
+        let outcome = loop {
+            let step = py.detach(|| inner.step_sync(deadline, &mut waiting, &mut local));
+            match step {
+                Ok(Some(o)) => break o,
+                Ok(None) => {}
+                Err(e) => {
+                    *inner.state.lock() = State::Pending;
+                    return Err(e);
+                }
+            }
+            if let Err(e) = py.check_signals() {
+                if let Some(w) = waiting.take() {
+                    let conn = w.conn.clone();
+                    drop(w);
+                    let _ = py.detach(|| inner.cancel_sync(&conn));
+                }
+                *inner.state.lock() = State::Pending;
+                return Err(e.into());
+            }
+        };
+        drop(waiting);
+        let held = inner.finish(outcome, started);
+        inner.log_outcome(py, held);
+        Ok(())
+    }
+
+    fn warn_sync_in_loop(&self, py: Python<'_>) -> Result<()> {
+        if *self.inner.state.lock() != State::Pending {
+            return Ok(());
+        }
+        if pyglue::running_loop(py)?.is_some()
+            && !self
+                .inner
+                .core
+                .warned_sync_in_loop
+                .swap(true, Ordering::AcqRel)
+        {
+            pyglue::log(py, WARNING, || {
+                format!(
+                    "sessionlock: lock {:?} acquired synchronously inside a running event loop; \
+                     this blocks the loop while waiting: use `async with` / `await`",
+                    self.inner.names.lock
+                )
+            });
+        }
+        Ok(())
+    }
+
+    fn is_acquired(&self) -> bool {
+        matches!(*self.inner.state.lock(), State::Held { .. })
+    }
+
+    fn backend(&self) -> Backend {
+        match *self.inner.state.lock() {
+            State::Held { backend, .. }
+            | State::NotAcquired { backend }
+            | State::Released { backend, .. } => backend,
+            State::Pending | State::Acquiring => Backend::Redis,
+        }
+    }
+
+    fn awaitable<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
+    where
+        F: std::future::Future<Output = PyResult<T>> + Send + 'static,
+        T: for<'a> IntoPyObject<'a> + Send + 'static,
+    {
+        pyo3_async_runtimes::generic::future_into_py::<ForkSafeRuntime, _, _>(py, fut)
+    }
+
+    /// An acquiring awaitable whose cancellation abandons the handle (see `abandoned`).
+    fn acquiring_awaitable<'py, F, T>(
+        py: Python<'py>,
+        inner: &Arc<HandleInner>,
+        fut: F,
+    ) -> PyResult<Bound<'py, PyAny>>
+    where
+        F: std::future::Future<Output = PyResult<T>> + Send + 'static,
+        T: for<'a> IntoPyObject<'a> + Send + 'static,
+    {
+        let fut = Self::awaitable(py, fut)?;
+        let inner = inner.clone();
+        let on_done = pyo3::types::PyCFunction::new_closure(
+            py,
+            None,
+            None,
+            move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
+                if args.get_item(0)?.call_method0("cancelled")?.is_truthy()? {
+                    inner.abandon();
+                }
+                Ok(())
+            },
+        )?;
+        fut.call_method1(pyo3::intern!(py, "add_done_callback"), (on_done,))?;
+        Ok(fut)
+    }
+
+    /// Future that settles a pending handle and logs; resolves to whether it is held.
+    async fn settle(inner: Arc<HandleInner>, claimed: bool) -> Result<bool> {
+        if claimed {
+            let started = Instant::now();
+            match inner.acquire_async().await {
+                Ok(o) => {
+                    let held = inner.finish(o, started);
+                    let _ = Python::try_attach(|py| inner.log_outcome(py, held));
+                }
+                Err(e) => {
+                    *inner.state.lock() = State::Pending;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(matches!(*inner.state.lock(), State::Held { .. }))
+    }
+}
+
+#[pymethods]
+impl PyLockHandle {
+    /// The full Redis key (prefix + key).
+    #[getter]
+    fn key(&self) -> &str {
+        &self.inner.names.lock
+    }
+
+    #[getter]
+    fn token(&self) -> &str {
+        &self.inner.token
+    }
+
+    #[getter]
+    fn fencing_token(&self) -> Option<i64> {
+        match *self.inner.state.lock() {
+            State::Held { fence, .. } | State::Released { fence, .. } => fence,
+            _ => None,
+        }
+    }
+
+    #[getter(backend)]
+    fn backend_name(&self) -> &'static str {
+        self.backend().name()
+    }
+
+    #[getter]
+    fn acquired(&self) -> bool {
+        self.is_acquired()
+    }
+
+    #[getter]
+    fn waited(&self) -> f64 {
+        self.inner.waited_ns.load(Ordering::Relaxed) as f64 / 1e9
+    }
+
+    #[getter]
+    fn lost(&self) -> bool {
+        self.inner.lost.load(Ordering::Acquire)
+    }
+
+    fn __bool__(&self, py: Python<'_>) -> Result<bool> {
+        self.warn_sync_in_loop(py)?;
+        self.acquire_blocking(py)?;
+        Ok(self.is_acquired())
+    }
+
+    /// Releases the lock if this handle holds it. False if it was not held (any more).
+    fn release(&self, py: Python<'_>) -> Result<bool> {
+        let inner = self.inner.clone();
+        let ok = py.detach(|| inner.release_sync())?;
+        self.inner.log_released(py, ok);
+        Ok(ok)
+    }
+
+    #[pyo3(signature = (ttl=None))]
+    fn extend(&self, py: Python<'_>, ttl: Option<f64>) -> Result<bool> {
+        let ttl = match ttl {
+            None => self.inner.ttl,
+            Some(v) => positive_secs("ttl", v)?,
+        };
+        let inner = self.inner.clone();
+        py.detach(|| inner.extend_sync(ttl))
+    }
+
+    fn is_held(&self, py: Python<'_>) -> Result<bool> {
+        let inner = self.inner.clone();
+        py.detach(|| inner.is_held_sync())
+    }
+
+    fn ensure_held(&self, py: Python<'_>) -> Result<()> {
+        if self.inner.lost.load(Ordering::Acquire) {
+            return Err(self.inner.lost_error());
+        }
+        if !self.is_acquired() {
+            return Err(Error::Lost(format!(
+                "lock {:?} is not held by this handle",
+                self.inner.names.lock
+            )));
+        }
+        if !self.is_held(py)? {
+            self.inner
+                .mark_lost("the key is gone or owned by another token");
+            return Err(self.inner.lost_error());
+        }
+        Ok(())
+    }
+
+    fn __enter__(slf: &Bound<'_, Self>) -> Result<Py<Self>> {
+        let me = slf.get();
+        me.warn_sync_in_loop(slf.py())?;
+        me.acquire_blocking(slf.py())?;
+        if !me.is_acquired() {
+            return Err(me.inner.timeout_error());
+        }
+        Ok(slf.clone().unbind())
+    }
+
+    #[pyo3(signature = (exc_type, _exc=None, _tb=None))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyAny>>,
+        _exc: Option<&Bound<'_, PyAny>>,
+        _tb: Option<&Bound<'_, PyAny>>,
+    ) -> Result<bool> {
+        self.release(py)?;
+        if self.inner.lost.load(Ordering::Acquire) && exc_type.is_none_or(Bound::is_none) {
+            return Err(self.inner.lost_error());
+        }
+        Ok(false)
+    }
+
+    fn __await__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let claimed = slf.get().claim()?;
+        let inner = slf.get().inner.clone();
+        let me: Py<Self> = slf.clone().unbind();
+        let fut = Self::acquiring_awaitable(py, &inner.clone(), async move {
+            Self::settle(inner, claimed).await?;
+            Ok(me)
+        })?;
+        fut.call_method0(pyo3::intern!(py, "__await__"))
+    }
+
+    fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let claimed = slf.get().claim()?;
+        let inner = slf.get().inner.clone();
+        let me: Py<Self> = slf.clone().unbind();
+        Self::acquiring_awaitable(py, &inner.clone(), async move {
+            if Self::settle(inner.clone(), claimed).await? {
+                Ok(me)
+            } else {
+                Err(inner.timeout_error().into())
+            }
+        })
+    }
+
+    #[pyo3(signature = (exc_type, _exc=None, _tb=None))]
+    fn __aexit__<'py>(
+        &self,
+        py: Python<'py>,
+        exc_type: Option<&Bound<'py, PyAny>>,
+        _exc: Option<&Bound<'py, PyAny>>,
+        _tb: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let clean = exc_type.is_none_or(Bound::is_none);
+        let inner = self.inner.clone();
+        Self::awaitable(py, async move {
+            let ok = inner.release_async().await?;
+            let _ = Python::try_attach(|py| inner.log_released(py, ok));
+            if clean && inner.lost.load(Ordering::Acquire) {
+                return Err(inner.lost_error().into());
+            }
+            Ok(false)
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        let st = *self.inner.state.lock();
+        let status = match st {
+            State::Pending => "pending".to_owned(),
+            State::Acquiring => "acquiring".to_owned(),
+            State::Held { .. } if self.lost() => "lost".to_owned(),
+            State::Held { .. } => "held".to_owned(),
+            State::NotAcquired { .. } => "not acquired".to_owned(),
+            State::Released { .. } => "released".to_owned(),
+        };
+        format!(
+            "<LockHandle key={:?} {} backend={} fencing_token={}>",
+            self.inner.names.lock,
+            status,
+            self.backend().name(),
+            self.fencing_token()
+                .map_or_else(|| "None".to_owned(), |f| f.to_string())
+        )
+    }
+}
