@@ -7,11 +7,13 @@ Per design it starts the app (``examples/backend``) in uvicorn on a free 127.0.0
 redis-server on another free port when one is installed (the recommendation lock's backend;
 without it the lock runs on its local fallback). Each simulated user takes its own daily,
 chatbot and brainstorming sessions through their endpoints, 20 % of its requests go to one
-shared hot session per module, and it fires real-time recommendation triggers for its user id
-while scheduler batches run over all users. Then it checks every session against the writes
-the server acknowledged (lost updates) and every user's recommendation set (exactly 20 rows of
-one run), and reports requests/s, p50 and p99. Everything is bounded: requests per user, a
-deadline, and the wait for background work.
+shared hot session per module, and now and then it fires the real-time recommendation
+trigger for its user id; meanwhile the scheduler's batch starts twice, each time together
+with two real-time triggers for every user. Then it checks every session against the writes
+the server acknowledged (lost updates), and every user's recommendation set (exactly 20 rows
+of one run) at the end and right after every save ("corrupt saves": a later run can repair
+a set, so the end state alone understates the race), and reports requests/s, p50 and p99.
+Everything is bounded: requests per user, a deadline, and the wait for background work.
 
 Also the test suite's way to serve the app: :func:`serve_app`, :func:`redis_server`.
 """
@@ -176,6 +178,7 @@ class Result:
     lost_updates: int
     rec_sets: int
     rec_inconsistent: int
+    rec_corrupt_saves: int
     lock_objects: int
 
     @property
@@ -273,12 +276,22 @@ async def _drive(
                     )
 
         async def scheduler() -> None:
-            # Batches over all users while the users run: collisions with real-time triggers.
+            # The incident's moment, `batches` times: the scheduler's batch starts while every
+            # user's real-time trigger fires twice (profile finished, request retried).
             for _ in range(batches):
                 if time.monotonic() > deadline:
                     return
-                await call("POST", "/api/job-agent/recommendations/batch?background=true")
-                await asyncio.sleep(0.3)  # sleep-ok: pacing the scheduler's batches
+                await asyncio.gather(
+                    call("POST", "/api/job-agent/recommendations/batch?background=true"),
+                    *(
+                        call(
+                            "POST", f"/api/job-agent/recommendations/calculate/{u}?background=true"
+                        )
+                        for u in range(1, 101)
+                        for _ in range(2)
+                    ),
+                )
+                await asyncio.sleep(1.0)  # sleep-ok: pacing the scheduler's batches
 
         await asyncio.wait_for(
             asyncio.gather(scheduler(), *(user(i) for i in range(users))), duration + 60
@@ -310,7 +323,8 @@ def _wait_idle(base: str, timeout: float = 120) -> None:
         quiet = 0
         while time.monotonic() < deadline:
             s = client.get("/api/job-agent/status").json()
-            quiet = quiet + 1 if s["active_runs"] == 0 and s["active_batches"] == 0 else 0
+            idle = s["active_runs"] == 0 and s["active_batches"] == 0
+            quiet = quiet + 1 if idle else 0
             if quiet >= 3:  # idle three polls in a row: background tasks have all started
                 return
             time.sleep(0.1)  # sleep-ok: polling the server's background work
@@ -327,10 +341,16 @@ def run_design(
     redis_url: Optional[str] = None,
     job_lock: Optional[bool] = None,
     seed: int = 1,
-    trigger_share: float = 0.05,
+    trigger_share: float = 0.02,
     batches: int = 2,
+    db_round_trip: float = 0.001,
 ) -> Result:
-    env = {"SESSIONLOCK_EXAMPLE_DESIGN": design, "SESSIONLOCK_EXAMPLE_USERS": "100"}
+    env = {
+        "SESSIONLOCK_EXAMPLE_DESIGN": design,
+        "SESSIONLOCK_EXAMPLE_USERS": "100",
+        # a MySQL round trip over a network, per recommendation statement
+        "SESSIONLOCK_EXAMPLE_DB_ROUND_TRIP": str(db_round_trip),
+    }
     if redis_url:
         env["SESSIONLOCK_EXAMPLE_REDIS_URL"] = redis_url
     if job_lock is not None:
@@ -346,6 +366,7 @@ def run_design(
         with httpx.Client(base_url=base, timeout=30) as client:
             recs = client.get("/api/job-agent/recommendations").json()
             stats = client.get("/api/stats").json()
+            job_status = client.get("/api/job-agent/status").json()
     latencies.sort()
     q = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [0.0] * 99
     return Result(
@@ -358,6 +379,7 @@ def run_design(
         lost_updates=lost,
         rec_sets=recs["users_with_set"],
         rec_inconsistent=recs["duplicate"] + recs["partial"],
+        rec_corrupt_saves=job_status["inconsistent_after_save"],
         lock_objects=sum(m["lock_objects"] for m in stats["sessions"].values()),
     )
 
@@ -373,6 +395,7 @@ def _table(results: Sequence[Result]) -> str:
         "lost updates",
         "rec sets",
         "inconsistent sets",
+        "corrupt saves",
         "lock objects",
     ]
     rows = [
@@ -386,6 +409,7 @@ def _table(results: Sequence[Result]) -> str:
             r.lost_updates,
             r.rec_sets,
             r.rec_inconsistent,
+            r.rec_corrupt_saves,
             r.lock_objects,
         ]
         for r in results
@@ -405,22 +429,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--hot-share", type=float, default=0.2)
     parser.add_argument("--duration", type=float, default=60, help="deadline, seconds")
     parser.add_argument(
-        "--trigger-share", type=float, default=0.05, help="requests that are real-time triggers"
+        "--trigger-share", type=float, default=0.02, help="requests that are real-time triggers"
     )
-    parser.add_argument("--batches", type=int, default=2, help="scheduler batches per run")
+    parser.add_argument(
+        "--batches", type=int, default=2, help="batch + 2 real-time triggers per user, times"
+    )
     parser.add_argument("--no-redis", action="store_true", help="lock on its local fallback")
     args = parser.parse_args(argv)
 
-    import sessionlock
-
-    has_lock = hasattr(sessionlock, "RecommendationLock")
-    if not has_lock:
-        print("note: this sessionlock build has no RecommendationLock; job lock off everywhere")
     results = []
     with redis_server() as redis_url:
         if redis_url is None or args.no_redis:
             print("recommendation lock: local fallback (no redis-server)")
-            redis_url = "redis://127.0.0.1:9/0" if has_lock else None
+            redis_url = "redis://127.0.0.1:9/0"  # nothing listens there: the local fallback
         else:
             print(f"recommendation lock: redis-server at {redis_url}")
         for design in args.designs.split(","):
@@ -431,7 +452,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 hot_share=args.hot_share,
                 duration=args.duration,
                 redis_url=redis_url,
-                job_lock=(design == "sessionlock") and has_lock,
+                job_lock=design == "sessionlock",
                 trigger_share=args.trigger_share,
                 batches=args.batches,
             )
@@ -440,7 +461,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print()
     print(_table(results))
     ok = next((r for r in results if r.design == "sessionlock"), None)
-    if ok is not None and (ok.lost_updates or (has_lock and ok.rec_inconsistent)):
+    bad_recs = ok is not None and (ok.rec_inconsistent or ok.rec_corrupt_saves)
+    if ok is not None and (ok.lost_updates or bad_recs):
         print("\nFAIL: sessionlock lost updates or left inconsistent recommendation sets")
         return 1
     return 0

@@ -10,10 +10,7 @@ import sys
 
 import pytest
 
-import sessionlock
 from sessionlock import BaseSessionManager, demo
-
-HAS_LOCK = hasattr(sessionlock, "RecommendationLock")
 
 
 def _rows(output: str, header: str) -> dict[str, list[str]]:
@@ -58,9 +55,6 @@ def test_recommendation_table(output: str) -> None:
     rows = _rows(output, "recommendation save")
     unlocked = rows["no lock (old code, Redis down)"]
     assert int(unlocked[1]) + int(unlocked[2]) > 0, "the unlocked save should corrupt sets"
-    if not HAS_LOCK:
-        assert "RecommendationLock is not in this build" in output
-        return
     backend, duplicate, partial, _ = rows["RecommendationLock"]
     assert backend == ("redis" if os.environ.get("REDIS_URL") else "local")
     assert (duplicate, partial) == ("0", "0")
@@ -86,10 +80,8 @@ def test_rlock_design_keeps_a_lock_per_id() -> None:
     assert len(mgr) == 0 and demo.lock_objects(mgr) == 50
 
 
-@pytest.mark.skipif(not HAS_LOCK, reason="RecommendationLock not in this build yet")
 def test_locked_recommendation_save_is_consistent() -> None:
     lock = demo.recommendation_lock(prefix="test-demo:")
-    assert lock is not None
     try:
         r = demo.run_recommendation_incident(lock, "locked", users=10)
     finally:

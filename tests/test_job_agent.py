@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import pytest
 
-import sessionlock
+from sessionlock import RecommendationLock
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 
@@ -31,10 +31,6 @@ from backend.job_agent.database import RECS_PER_USER, Database
 from backend.job_agent.scheduler import RecommendationScheduler
 from loadtest import redis_server
 
-HAS_LOCK = hasattr(sessionlock, "RecommendationLock")
-requires_lock = pytest.mark.skipif(
-    not HAS_LOCK, reason="RecommendationLock not in this build yet (redis-lock branch)"
-)
 USER = 7
 WAIT = 10.0  # bound of every Event wait: a failure, never a hang
 
@@ -114,17 +110,16 @@ def test_unlocked_interleaving_corrupts_the_set(db: Database) -> None:
     assert len({run for _, run, _ in rows}) == 2
     report = db.consistency()
     assert report["duplicate"] == 1 and report["inconsistent_users"] == [USER]
+    assert calc.inconsistent_after_save == 1  # A's audit saw B's rows in its set
 
 
 def _lock(backend: str, redis_url: Optional[str]) -> Any:
     url = redis_url if backend == "redis" else "redis://127.0.0.1:9/0"  # nothing listens: local
-    return sessionlock.RecommendationLock(url, connect_timeout=0.2)  # type: ignore[attr-defined,unused-ignore]
+    return RecommendationLock(url, connect_timeout=0.2)
 
 
 @pytest.fixture(params=["local", "redis"])
 def job_lock(request: pytest.FixtureRequest) -> Iterator[Any]:
-    if not HAS_LOCK:
-        pytest.skip("RecommendationLock not in this build yet (redis-lock branch)")
     if request.param == "local":
         lock = _lock("local", None)
         yield lock
@@ -138,7 +133,6 @@ def job_lock(request: pytest.FixtureRequest) -> Iterator[Any]:
         lock.close()
 
 
-@requires_lock
 def test_locked_interleaving_cannot_happen(db: Database, job_lock: Any) -> None:
     """Same forced schedule under the lock: B blocks in acquire while A is between its DELETE
     and its INSERTs; once A is done, B finds A's fresh set and skips."""
@@ -171,9 +165,9 @@ def test_locked_interleaving_cannot_happen(db: Database, job_lock: Any) -> None:
     assert len(rows) == RECS_PER_USER
     assert {run for _, run, _ in rows} == {results["a"].run_id}
     assert db.consistency()["inconsistent_users"] == []
+    assert calc.inconsistent_after_save == 0
 
 
-@requires_lock
 def test_realtime_and_batch_together_stay_consistent(db: Database, job_lock: Any) -> None:
     calc = JobRecommendationCalculator(db, job_lock, round_trip=0.0002)
     scheduler = RecommendationScheduler(db, calc)
@@ -188,6 +182,7 @@ def test_realtime_and_batch_together_stay_consistent(db: Database, job_lock: Any
     report = db.consistency()
     assert report["users_with_set"] == len(users)
     assert report["consistent"] == len(users), report
+    assert calc.inconsistent_after_save == 0
 
 
 def _recs(first: int) -> list[Recommendation]:

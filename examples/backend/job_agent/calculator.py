@@ -80,6 +80,8 @@ class JobRecommendationCalculator:
         self.hook = hook
         self._active = 0
         self._active_lock = threading.Lock()
+        #: saves after which the user's set was not exactly this run's rows
+        self.inconsistent_after_save = 0
 
     @property
     def active(self) -> int:
@@ -156,6 +158,7 @@ class JobRecommendationCalculator:
             logger.warning("user %s: save with fencing token %s refused (stale)", user_id, token)
             return CalcResult(user_id, "stale", trigger, run_id=run_id, fencing_token=token)
         logger.info("user %s: %s run saved %d recommendations", user_id, trigger, saved)
+        self._audit(user_id, run_id, saved)
         return CalcResult(
             user_id,
             "saved",
@@ -166,6 +169,26 @@ class JobRecommendationCalculator:
             backend=handle.backend if handle is not None else "none",
             waited=handle.waited if handle is not None else 0.0,
         )
+
+    def _audit(self, user_id: int, run_id: str, saved: int) -> None:
+        """Right after a save (still under the lock, if any) the set must be exactly this
+        run's rows; another writer in between shows here even if a later run repairs it."""
+        ((rows, mine),) = self.db.query(
+            "SELECT COUNT(*), SUM(CASE WHEN run_id = ? THEN 1 ELSE 0 END) "
+            "FROM user_job_recommendations WHERE user_id = ?",
+            (run_id, user_id),
+        )
+        if rows != saved or mine != saved:
+            with self._active_lock:
+                self.inconsistent_after_save += 1
+            logger.error(
+                "user %s: after run %s saved %d rows the set has %d rows, %d of them its own",
+                user_id,
+                run_id,
+                saved,
+                rows,
+                mine or 0,
+            )
 
     def compute(self, user_id: int) -> list[Recommendation]:
         """Top 20 jobs by skill overlap; the model's scores move a little between runs."""

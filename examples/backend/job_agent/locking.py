@@ -1,14 +1,14 @@
 """The job agent's lock: ``sessionlock.RecommendationLock`` (Redis, or its local fallback).
 
-Typed through a small protocol so this module also loads with a sessionlock build that
-predates the Redis lock; :func:`recommendation_lock` then says so clearly.
+The calculator depends on the small protocols below rather than on the class, so a test can
+hand it a fake lock; production code gets :func:`recommendation_lock`.
 """
 
 from __future__ import annotations
 
 from typing import Any, Optional, Protocol, Union
 
-import sessionlock
+from sessionlock import RecommendationLock
 
 
 class JobLockHandle(Protocol):
@@ -19,7 +19,7 @@ class JobLockHandle(Protocol):
     @property
     def waited(self) -> float: ...
     def __enter__(self) -> Any: ...
-    def __exit__(self, *exc: object) -> Any: ...
+    def __exit__(self, *exc: Any) -> Any: ...
     def ensure_held(self) -> None: ...
 
 
@@ -32,12 +32,7 @@ class JobLock(Protocol):
 
 
 def recommendation_lock(url: Optional[str] = None, **options: Any) -> JobLock:
-    """``RecommendationLock(url, **options)``: per-user lock, 300 s lease, 10 s wait."""
-    cls = getattr(sessionlock, "RecommendationLock", None)
-    if cls is None:
-        raise RuntimeError(
-            "this sessionlock build has no RecommendationLock; "
-            "run with SESSIONLOCK_EXAMPLE_JOB_LOCK=off or upgrade sessionlock"
-        )
-    lock: JobLock = cls(url, **options)
+    """``RecommendationLock(url, **options)``: per-user lock, 300 s lease, 10 s wait; the
+    connection from ``url`` or the ``REDIS_*`` environment, the local fallback without Redis."""
+    lock: JobLock = RecommendationLock(url, **options)
     return lock

@@ -62,8 +62,13 @@ def router(
 
     @api.get("/status")
     def status() -> dict[str, int]:
-        """Runs and batches in progress in this process."""
-        return {"active_runs": calculator.active, "active_batches": scheduler.running}
+        """Runs and batches in progress in this process, and saves that found another
+        writer's rows in their set right afterwards."""
+        return {
+            "active_runs": calculator.active,
+            "active_batches": scheduler.running,
+            "inconsistent_after_save": calculator.inconsistent_after_save,
+        }
 
     @api.get("/recommendations")
     def consistency() -> dict[str, Any]:
