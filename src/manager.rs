@@ -553,8 +553,7 @@ impl PyManager {
 
     #[classmethod]
     fn __class_getitem__(cls: &Bound<'_, PyType>, item: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let ga = cls.py().import("types")?.getattr("GenericAlias")?;
-        Ok(ga.call1((cls, item))?.unbind())
+        crate::pyglue::generic_alias(cls.as_any(), item)
     }
 
     fn create_session(&self, py: Python<'_>, context: Py<PyAny>) -> PyResult<String> {

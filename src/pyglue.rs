@@ -199,3 +199,25 @@ pub fn log(py: Python<'_>, level: u8, msg: impl FnOnce() -> String) {
 pub fn log_detached(level: u8, msg: impl FnOnce() -> String) {
     let _ = Python::try_attach(|py| log(py, level, msg));
 }
+
+/// `types.GenericAlias(cls, item)`: what `__class_getitem__` returns for our generic classes.
+pub fn generic_alias(cls: &Bound<'_, PyAny>, item: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    static GENERIC_ALIAS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let ga = GENERIC_ALIAS.import(cls.py(), "types", "GenericAlias")?;
+    Ok(ga.call1((cls, item))?.unbind())
+}
+
+/// A one-line Python `async def` helper, compiled once into `cell` (`name` is both the
+/// function's name and, prefixed, its module's).
+pub fn python_helper<'a>(
+    py: Python<'_>,
+    cell: &'a PyOnceLock<Py<PyAny>>,
+    name: &str,
+    code: &std::ffi::CStr,
+) -> PyResult<&'a Py<PyAny>> {
+    cell.get_or_try_init(py, || {
+        let module = std::ffi::CString::new(format!("sessionlock._{name}"))?;
+        let m = PyModule::from_code(py, code, c"<sessionlock>", &module)?;
+        Ok(m.getattr(name)?.unbind())
+    })
+}

@@ -58,16 +58,8 @@ pub fn resolver(py: Python<'_>) -> PyResult<&Py<PyAny>> {
 /// uncontended acquire; a finished coroutine returns through the interpreter's fast path.)
 pub fn ready(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
     static READY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let f = READY.get_or_try_init(py, || {
-        let m = PyModule::from_code(
-            py,
-            c"async def ready(value):\n    return value\n",
-            c"<sessionlock>",
-            c"sessionlock._ready",
-        )?;
-        Ok::<_, PyErr>(m.getattr("ready")?.unbind())
-    })?;
-    f.call1(py, (value,))
+    let code = c"async def ready(value):\n    return value\n";
+    crate::pyglue::python_helper(py, &READY, "ready", code)?.call1(py, (value,))
 }
 
 /// What `acquire_async()` / `__aenter__` captured at call time, for the first step of their
@@ -160,8 +152,7 @@ impl PySessionLock {
 impl PySessionLock {
     #[classmethod]
     fn __class_getitem__(cls: &Bound<'_, PyType>, item: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let ga = cls.py().import("types")?.getattr("GenericAlias")?;
-        Ok(ga.call1((cls, item))?.unbind())
+        crate::pyglue::generic_alias(cls.as_any(), item)
     }
 
     #[getter]
@@ -295,16 +286,8 @@ impl PyAcquire {
             timeout,
             want_context,
         };
-        let lazy = LAZY.get_or_try_init(py, || {
-            let m = PyModule::from_code(
-                py,
-                c"async def lazy(starter):\n    return await starter.start()\n",
-                c"<sessionlock>",
-                c"sessionlock._lazy",
-            )?;
-            Ok::<_, PyErr>(m.getattr("lazy")?.unbind())
-        })?;
-        lazy.call1(py, (starter,))
+        let code = c"async def lazy(starter):\n    return await starter.start()\n";
+        crate::pyglue::python_helper(py, &LAZY, "lazy", code)?.call1(py, (starter,))
     }
 
     /// Takes the lock for `owner` at once if free or re-entered (a settled awaitable), else
