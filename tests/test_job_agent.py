@@ -17,7 +17,7 @@ from typing import Any, Optional
 
 import pytest
 
-from sessionlock import RecommendationLock
+from sessionlock import LockLost, RecommendationLock
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
 
@@ -275,3 +275,46 @@ def test_unlocked_calculate_saves_one_consistent_set(db: Database) -> None:
         "partial": 0,
         "inconsistent_users": [],
     }
+
+
+def test_a_run_that_cannot_get_the_lock_reports_busy(db: Database) -> None:
+    lock = _lock("local", None)
+    try:
+        held = lock.acquire(USER, 30)
+        assert held and held.backend == "local"
+        calc = JobRecommendationCalculator(db, lock, wait=0.05)
+        results = run_threads(other=lambda: calc.calculate(USER))  # another thread: excluded
+        assert results["other"].status == "busy"
+        held.release()
+        assert calc.calculate(USER).status == "saved"
+    finally:
+        lock.close()
+
+
+def test_a_run_that_lost_its_lease_saves_nothing(db: Database) -> None:
+    class LostHandle:
+        fencing_token = 1
+        backend = "redis"
+        waited = 0.0
+
+        def __enter__(self) -> LostHandle:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+        def ensure_held(self) -> None:
+            raise LockLost("lease ran out")
+
+    class Lock:
+        def acquire(self, user_id: Any, timeout: float = 300, *, wait: Any = None) -> LostHandle:
+            return LostHandle()
+
+        def stats(self) -> dict[str, int]:
+            return {}
+
+        def close(self) -> None:
+            return None
+
+    assert JobRecommendationCalculator(db, Lock()).calculate(USER).status == "lost"
+    assert rows_of(db, USER) == []
