@@ -460,6 +460,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"  {design}: done in {r.seconds:.1f} s", flush=True)
     print()
     print(_table(results))
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"\n{os.cpu_count()} CPUs, load average {load}; client and server share them")
     ok = next((r for r in results if r.design == "sessionlock"), None)
     bad_recs = ok is not None and (ok.rec_inconsistent or ok.rec_corrupt_saves)
     if ok is not None and (ok.lost_updates or bad_recs):
