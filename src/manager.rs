@@ -278,14 +278,18 @@ impl Inner {
     fn remove(&self, py: Python<'_>, key: &str) -> Option<Py<PyAny>> {
         let ttl = self.ttl();
         let now = self.now(ttl);
-        match self.store.remove(key, now, ttl, &self.held()) {
+        let removed = match self.store.remove(key, now, ttl, &self.held()) {
             Remove::Removed(v) => Some(v),
             Remove::Expired(k, v) => {
                 self.notify(py, vec![(k, v)], "expired");
                 None
             }
             Remove::Missing => None,
-        }
+        };
+        // Deletes count as later calls too: an application that mostly deletes (or pops)
+        // must not keep expired sessions alive.
+        self.housekeep(py, now, ttl);
+        removed
     }
 
     fn purge_all(&self, py: Python<'_>) -> usize {
@@ -405,6 +409,9 @@ impl Inner {
                 self.notify(py, vec![gone], "expired");
             }
         }
+        // Lock traffic counts as later calls for housekeeping (an app that only uses
+        // `acquire`/`release` must not keep expired sessions alive).
+        self.housekeep(py, now, ttl);
     }
 
     /// Releases one level of `owner`'s hold and wakes whoever the lock was handed to. A

@@ -447,3 +447,32 @@ def test_every_session_leaves_exactly_once_under_concurrency() -> None:
     assert st["evicted"] > 0
     assert st["expired"] > 0
     assert st["locks"] == 0
+
+
+@pytest.mark.parametrize("call", ["delete_session", "pop_session", "acquire_release"])
+def test_expired_memory_is_reclaimed_by_any_later_calls(call: str) -> None:
+    # Whatever the application keeps calling (here: only deletes, or only raw lock use),
+    # housekeeping on those calls reclaims expired sessions.
+    mgr: Mgr = BaseSessionManager(idle_ttl=TTL)
+    refs = []
+    for i in range(100):
+        c = Ctx(str(i))
+        refs.append(weakref.ref(c))
+        mgr.insert_session(f"s{i}", c)
+        del c
+    pass_time(TTL * 1.5)
+    deadline = time.monotonic() + 10
+    i = 0
+    while any(r() is not None for r in refs):
+        assert time.monotonic() < deadline, f"{call} never reclaimed expired sessions"
+        if call == "delete_session":
+            mgr.delete_session(f"other{i}")
+        elif call == "pop_session":
+            mgr.pop_session(f"other{i}")
+        else:
+            lk = mgr.lock(f"other{i}")
+            lk.acquire()
+            lk.release()
+        i += 1
+        if i % 100 == 0:
+            pass_time(0.001)
