@@ -13,8 +13,8 @@ thread cannot be released from another. An async dependency takes the lock as th
 task, which owns it until the tear-down; a ``def`` endpoint then runs in the threadpool while
 its request's task holds the lock, so nobody else gets the session meanwhile. Inside that
 endpoint, mutate the yielded context; do not take ``lock()`` / ``update()`` of the same
-session again from the worker thread (it is not the owner, so it would wait for its own
-request).
+session again from the worker thread: it is not the owner, so it would wait for its own
+request until the lock's timeout.
 """
 
 from __future__ import annotations
