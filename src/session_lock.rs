@@ -53,6 +53,10 @@ pub fn resolver(py: Python<'_>) -> PyResult<&Py<PyAny>> {
     })
 }
 
+fn no_running_loop() -> PyErr {
+    PyRuntimeError::new_err("acquire_async() / async with need a running event loop")
+}
+
 /// An already-settled awaitable: a coroutine that returns `value` at once. (A native
 /// iterator would have to raise `StopIteration(value)`, which costs more than the whole
 /// uncontended acquire; a finished coroutine returns through the interpreter's fast path.)
@@ -76,17 +80,29 @@ struct Starter {
 
 #[pymethods]
 impl Starter {
-    fn start(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        PyAcquire::start_for(
-            py,
-            &self.inner,
-            &self.key,
-            self.owner,
-            self.event_loop.bind(py),
-            self.timeout,
-            self.want_context,
+    /// `(True, result)` when settled at once, else `(False, pending awaitable)`.
+    fn start(&self, py: Python<'_>) -> PyResult<(bool, Py<PyAny>)> {
+        Ok(
+            match PyAcquire::start_for(
+                py,
+                &self.inner,
+                &self.key,
+                self.owner,
+                self.event_loop.bind(py),
+                self.timeout,
+                self.want_context,
+            )? {
+                Started::Settled(v) => (true, v),
+                Started::Pending(p) => (false, p),
+            },
         )
     }
+}
+
+/// What `PyAcquire::start_for` found: the final result, or an awaitable to wait on.
+enum Started {
+    Settled(Py<PyAny>),
+    Pending(Py<PyAny>),
 }
 
 /// The awaitable `__aexit__` returns: `await` on it gives `None` at once. Its `__await__` is
@@ -220,7 +236,22 @@ impl PySessionLock {
     }
 
     fn __aenter__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        PyAcquire::start(py, &self.inner, &self.key, self.timeout, true)
+        // Eager, unlike acquire_async(): `async with` awaits this result in the same step,
+        // so no cancellation can fall between taking the lock and handing it over.
+        let (owner, event_loop) = current_owner(py)?;
+        let event_loop = event_loop.ok_or_else(no_running_loop)?;
+        match PyAcquire::start_for(
+            py,
+            &self.inner,
+            &self.key,
+            owner,
+            &event_loop,
+            self.timeout,
+            true,
+        )? {
+            Started::Settled(value) => ready(py, value),
+            Started::Pending(pending) => Ok(pending),
+        }
     }
 
     #[pyo3(signature = (*_exc))]
@@ -273,11 +304,7 @@ impl PyAcquire {
     ) -> PyResult<Py<PyAny>> {
         static LAZY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         let (owner, event_loop) = current_owner(py)?;
-        let Some(event_loop) = event_loop else {
-            return Err(PyRuntimeError::new_err(
-                "acquire_async() / async with need a running event loop",
-            ));
-        };
+        let event_loop = event_loop.ok_or_else(no_running_loop)?;
         let starter = Starter {
             inner: inner.clone(),
             key: key.into(),
@@ -286,7 +313,7 @@ impl PyAcquire {
             timeout,
             want_context,
         };
-        let code = c"async def lazy(starter):\n    return await starter.start()\n";
+        let code = c"async def lazy(starter):\n    settled, value = starter.start()\n    return value if settled else await value\n";
         crate::pyglue::python_helper(py, &LAZY, "lazy", code)?.call1(py, (starter,))
     }
 
@@ -300,8 +327,8 @@ impl PyAcquire {
         event_loop: &Bound<'_, PyAny>,
         timeout: Option<f64>,
         want_context: bool,
-    ) -> PyResult<Py<PyAny>> {
-        let settled = |acquired: bool| -> PyResult<Py<PyAny>> {
+    ) -> PyResult<Started> {
+        let settled = |acquired: bool| -> PyResult<Started> {
             if !acquired {
                 if want_context {
                     return Err(Error::Timeout(format!(
@@ -310,14 +337,15 @@ impl PyAcquire {
                     ))
                     .into());
                 }
-                return ready(py, false.into_pyobject(py)?.to_owned().into_any().unbind());
+                return Ok(Started::Settled(
+                    false.into_pyobject(py)?.to_owned().into_any().unbind(),
+                ));
             }
-            let value = if want_context {
+            Ok(Started::Settled(if want_context {
                 PyManager::context(inner, py, key)
             } else {
                 true.into_pyobject(py)?.to_owned().into_any().unbind()
-            };
-            ready(py, value)
+            }))
         };
         // Fast path: free or re-entered, no future needed.
         match inner.locks.acquire(key, owner, false, None, || {
@@ -384,7 +412,9 @@ impl PyAcquire {
             start: Instant::now(),
             settled: AtomicBool::new(false),
         };
-        Ok(Bound::new(py, pending)?.into_any().unbind())
+        Ok(Started::Pending(
+            Bound::new(py, pending)?.into_any().unbind(),
+        ))
     }
 
     fn cancel_timer(&self, py: Python<'_>) {
