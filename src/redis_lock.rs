@@ -176,6 +176,7 @@ impl Core {
             std::mem::replace(&mut o.down, false)
         };
         if was_down {
+            conn.sync_fast_off.store(false, Ordering::Relaxed);
             let shown = conn.target.display.clone();
             pyglue::log_detached(WARNING, || {
                 format!("sessionlock: Redis at {shown} answers again; back to the distributed lock")
@@ -385,7 +386,7 @@ impl HandleInner {
         if let Some(w) = waiting.as_mut() {
             if now < w.recheck_at && now < deadline {
                 let until = w.recheck_at.min(deadline).min(now + STEP);
-                match w.guard.slot.wait_sync(until - now) {
+                match w.conn.wait_sync(&w.guard.slot, until - now) {
                     Some(Notice::Granted(f)) => {
                         core.redis_ok(&w.conn);
                         return Ok(Some(Outcome::Held(Backend::Redis, Some(f))));
