@@ -398,6 +398,10 @@ impl HandleInner {
             }
             let conn = w.conn.clone();
             if now >= deadline {
+                // a hand-off that arrived at the last moment is kept, not passed on
+                if let Some(Notice::Granted(f)) = w.guard.slot.take() {
+                    return Ok(Some(Outcome::Held(Backend::Redis, Some(f))));
+                }
                 let r = self.cancel_sync(&conn);
                 *waiting = None;
                 return match r {
