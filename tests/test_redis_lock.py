@@ -8,6 +8,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import sqlite3
 import threading
 import time
@@ -274,6 +275,47 @@ def test_handoff_to_a_thread_waiter_is_fast(lk: RedisLock) -> None:
         lat.append(got[0] - t0)
     lat.sort()
     assert lat[len(lat) // 2] < 0.05, lat
+
+
+def test_signal_interrupts_a_wait_and_leaves_the_queue(lk: RedisLock) -> None:
+    key = new_key()
+    h = lk.acquire(key)
+
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(Interrupted):
+            lk.acquire(key, wait=10)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert time.monotonic() - t0 < 2
+    h.release()
+    # the interrupted waiter withdrew from the queue, so nobody was handed the lock
+    again = lk.try_acquire(key)
+    assert again
+    again.release()
+
+
+def test_a_waiting_thread_releases_the_gil(lk: RedisLock) -> None:
+    key = new_key()
+    h = lk.acquire(key)
+    t = threading.Thread(target=lambda: lk.acquire(key, wait=0.5))
+    t.start()
+    n = 0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.3:
+        n += 1
+    t.join()
+    h.release()
+    assert n > 10_000
 
 
 def test_waiter_wakes_when_crashed_holders_lease_ends(lk: RedisLock, redis_url: str) -> None:
