@@ -457,6 +457,24 @@ def test_await_acquire_and_timeout(lk: RedisLock) -> None:
     asyncio.run(main())
 
 
+def test_logging_sync_and_async(lk: RedisLock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="sessionlock")
+    key = new_key()
+    with lk.acquire(key) as h:
+        assert not lk.try_acquire(key)
+
+    async def main() -> None:
+        async with lk.acquire(key):
+            pass
+
+    asyncio.run(main())
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"acquired {h.key!r}".replace("'", '"') in text
+    assert "fencing_token=" in text and "waited=" in text
+    assert "waiting for" in text and h.token in text  # the holder is named
+    assert text.count("released") >= 2  # the sync and the async release
+
+
 def test_sync_use_inside_loop_warns_once(lk: RedisLock, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="sessionlock")
 
