@@ -655,6 +655,23 @@ def test_quick_restart_reconnects_without_fallback(caplog: pytest.LogCaptureFixt
         srv.stop()
 
 
+def test_leaving_with_while_redis_is_down_warns_and_does_not_raise(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sessionlock")
+    srv = RedisServer()
+    srv.start()
+    try:
+        lk = RedisLock(srv.url, ttl=5, connect_timeout=0.3)
+        with lk.acquire(new_key()) as h:
+            assert h.backend == "redis"
+            srv.stop()
+        assert not h.lost
+        assert any("could not release" in r.getMessage() for r in caplog.records)
+    finally:
+        srv.stop()
+
+
 def test_redis_killed_midrun_falls_back_and_returns(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="sessionlock")
     srv = RedisServer()
