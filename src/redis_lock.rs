@@ -6,9 +6,12 @@
 //!
 //! Invariants:
 //! - Ownership is the handle's random token, never the thread or task.
-//! - No Rust lock is held while Python runs or while a network round trip is in flight:
-//!   `HandleInner::state` is held only to read or switch the state; connections are taken
-//!   out of the pool for the duration of a call.
+//! - No Rust lock is held while Python runs. No lock that another caller needs on its way
+//!   is held across a round trip: `HandleInner::state` is held only to read or switch the
+//!   state, and connections are taken out of the pool for the duration of a call. The two
+//!   deliberate exceptions live in `redis_conn.rs`: the pub/sub subscriber (an async mutex,
+//!   held while subscribing) and the thread waiters' fast-path reader (only `try_lock`ed;
+//!   whoever does not get it waits on its own slot instead).
 //! - `done` is set before a release is sent, and the renewal task checks it after every
 //!   round trip, so a renewal racing the release never reports a loss.
 //! - Every sync network call and every wait runs inside `py.detach`, in steps of at most
