@@ -194,6 +194,16 @@ pub fn log(py: Python<'_>, level: u8, msg: impl FnOnce() -> String) {
     }
 }
 
+/// Whether the `sessionlock` logger would emit `level` now (false if it cannot say).
+pub fn log_enabled(py: Python<'_>, level: u8) -> bool {
+    logger(py)
+        .and_then(|l| {
+            l.call_method1(pyo3::intern!(py, "isEnabledFor"), (level,))?
+                .is_truthy()
+        })
+        .unwrap_or(false)
+}
+
 /// [`log`] from a thread that does not hold the GIL (a runtime task). Skipped when the
 /// interpreter is shutting down.
 pub fn log_detached(level: u8, msg: impl FnOnce() -> String) {
