@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import gc
 import os
+import statistics
 import sys
 import threading
 import time
@@ -154,9 +155,18 @@ DESIGNS: dict[str, Callable[[], Any]] = {
 # --------------------------------------------------------------------------- workloads
 
 
-def best_of(runs: int, fn: Callable[[], float]) -> float:
-    """Best throughput of several runs (the least disturbed by the noisy machine)."""
-    return max(fn() for _ in range(runs))
+def interleaved(runs: int, fns: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
+    """Runs every design once per round, round after round, so that a burst of background
+    load hits all of them alike; ratios are then taken within each round."""
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(runs):
+        for name, fn in fns.items():
+            out[name].append(fn())
+    return out
+
+
+def median_ratio(ours: list[float], theirs: list[float]) -> float:
+    return statistics.median(o / t for o, t in zip(ours, theirs))
 
 
 def w_get(make: Callable[[], Any], n_sessions: int, n_ops: int) -> float:
@@ -334,14 +344,17 @@ def main() -> None:
         return
     scale = 0.1 if args.quick else 1.0
     n = int(200_000 * scale)
-    runs = 3
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, best of {runs} runs")
+    runs = 5
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} cores; {runs} interleaved rounds: "
+        "median ops/s, and the median of the per-round ratios"
+    )
     print()
-    rows: list[tuple[str, dict[str, float]]] = []
+    rows: list[tuple[str, dict[str, list[float]]]] = []
 
     def measure(label: str, fn: Callable[[Callable[[], Any]], float]) -> None:
-        res = {name: best_of(runs, lambda make=make: fn(make)) for name, make in DESIGNS.items()}
-        rows.append((label, res))
+        fns = {name: (lambda make=make: fn(make)) for name, make in DESIGNS.items()}
+        rows.append((label, interleaved(runs, fns)))
 
     measure("get hit, 1 thread, 100k sessions", lambda mk: w_get(mk, int(100_000 * scale), n))
     measure("create_session", lambda mk: w_create(mk, n))
@@ -365,8 +378,9 @@ def main() -> None:
     print("-" * len(head))
     for label, res in rows:
         ours = res["sessionlock"]
-        cells = [f"{ours:>24,.0f}"] + [
-            f"{res[x]:>12,.0f} ({ours / res[x]:4.2f}x)".rjust(24) for x in names[1:]
+        cells = [f"{statistics.median(ours):>24,.0f}"] + [
+            f"{statistics.median(res[x]):>12,.0f} ({median_ratio(ours, res[x]):4.2f}x)".rjust(24)
+            for x in names[1:]
         ]
         print(f"{label:42}" + "".join(cells))
     print("lost updates in the update run: " + ", ".join(f"{k}: {v}" for k, v in lost.items()))
@@ -374,15 +388,18 @@ def main() -> None:
 
     n_tasks, rounds = 1000, max(2, int(20 * scale))
     for n_sessions, what in ((8, "8 hot sessions"), (n_tasks, "one session per task")):
-        ours_a = [w_async(n_tasks, rounds, n_sessions, True) for _ in range(runs)]
-        theirs_a = [w_async(n_tasks, rounds, n_sessions, False) for _ in range(runs)]
-        o = max(r[0] for r in ours_a)
-        t = max(r[0] for r in theirs_a)
+        ours_a: list[tuple[float, int]] = []
+        theirs_a: list[tuple[float, int]] = []
+        for _ in range(runs):
+            ours_a.append(w_async(n_tasks, rounds, n_sessions, True))
+            theirs_a.append(w_async(n_tasks, rounds, n_sessions, False))
+        o = [r[0] for r in ours_a]
+        t = [r[0] for r in theirs_a]
         print(
             f"async read-modify-write across an await, {n_tasks} tasks x {rounds}, {what}: "
-            f"sessionlock {o:,.0f}/s (lost {max(r[1] for r in ours_a)}), "
-            f"asyncio.Lock per session {t:,.0f}/s (lost {max(r[1] for r in theirs_a)}): "
-            f"{o / t:.2f}x"
+            f"sessionlock {statistics.median(o):,.0f}/s (lost {max(r[1] for r in ours_a)}), "
+            f"asyncio.Lock per session {statistics.median(t):,.0f}/s "
+            f"(lost {max(r[1] for r in theirs_a)}): {median_ratio(o, t):.2f}x"
         )
     print()
 
