@@ -823,15 +823,12 @@ impl PyRedisSessionManager {
         let sid = sid_of(session_id)?;
         let st = self.st()?;
         let key = st.key(sid);
-        match st.fetch(py, &key)? {
-            Some(raw) => {
-                bump(&st.stats.hits);
-                Ok(Some(st.decode(py, &key, &raw)?))
-            }
-            None => {
-                bump(&st.stats.misses);
-                Ok(default)
-            }
+        if let Some(raw) = st.fetch(py, &key)? {
+            bump(&st.stats.hits);
+            Ok(Some(st.decode(py, &key, &raw)?))
+        } else {
+            bump(&st.stats.misses);
+            Ok(default)
         }
     }
 
@@ -909,10 +906,9 @@ impl PyRedisSessionManager {
             let made = made?;
             let body = st.encode(py, &key, &made)?;
             match st.insert(py, &key, &body, true)? {
-                Ok(()) => Ok(made.unbind()),
                 // stored by set_session/insert_session meanwhile: theirs wins
                 Err(Some(existing)) => st.decode(py, &key, &existing),
-                Err(None) => Ok(made.unbind()),
+                Ok(()) | Err(None) => Ok(made.unbind()),
             }
         })();
         let lost = st.release_sync(py, sid, owner)?;
@@ -1330,7 +1326,7 @@ impl PyRedisSessionLock {
         format!("{}{}", self.st.lock_prefix, self.sid)
     }
 
-    #[pyo3(signature = (blocking=true, timeout=-1.0))]
+    #[pyo3(signature = (blocking=true, timeout=-1.0), text_signature = "(self, /, blocking=True, timeout=-1)")]
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> Result<bool> {
         let wait = config::rlock_timeout(blocking, timeout)?
             .map_or(FOREVER, |t| Duration::from_secs_f64(t.min(1e9)));
