@@ -3,7 +3,7 @@ PY ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYDIRS := python tests examples
 
-.PHONY: deps install lint test bench check demo
+.PHONY: deps install lint test bench bench-redis check demo
 
 deps:  ## system packages the tests need (redis-server), installed only when missing
 	@command -v redis-server >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
@@ -25,8 +25,11 @@ test:
 	cargo test --quiet
 	$(PY) -m pytest -q
 
-bench:
+bench: bench-redis
 	$(PY) tests/benchmarks/bench_manager.py
+
+bench-redis:  ## RedisLock vs redis-py Lock, python-redis-lock, pottery (needs the bench extra)
+	$(PY) tests/benchmarks/bench_redis_lock.py
 
 check: deps install lint test
 

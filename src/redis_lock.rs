@@ -276,6 +276,9 @@ pub(crate) struct HandleInner {
     pub(crate) lost: AtomicBool,
     /// Released or abandoned: the renewal stops and reports nothing any more.
     done: AtomicBool,
+    /// The awaitable of a pending acquisition was cancelled: a lock obtained anyway (the
+    /// hand-off raced the cancellation) is released at once instead of becoming a ghost.
+    abandoned: AtomicBool,
     waited_ns: AtomicU64,
     /// Holder seen while waiting (for the LockTimeout message).
     last_holder: Mutex<Option<String>>,
@@ -582,6 +585,10 @@ impl HandleInner {
                 if self.core.auto_renew {
                     self.start_renewal(backend);
                 }
+                // pairs with `abandon`: whichever of the two runs second releases
+                if self.abandoned.load(Ordering::SeqCst) {
+                    self.release_in_background();
+                }
                 true
             }
             Outcome::NotAcquired(backend) => {
@@ -614,6 +621,21 @@ impl HandleInner {
                     self.names.lock, self.token
                 )
             }
+        });
+    }
+
+    /// The caller's awaitable was cancelled: give back whatever this handle holds.
+    fn abandon(self: &Arc<Self>) {
+        self.abandoned.store(true, Ordering::SeqCst);
+        if matches!(*self.state.lock(), State::Held { .. }) {
+            self.release_in_background();
+        }
+    }
+
+    fn release_in_background(self: &Arc<Self>) {
+        let me = self.clone();
+        process().runtime.spawn(async move {
+            let _ = me.release_async().await;
         });
     }
 
@@ -954,6 +976,7 @@ impl PyRedisLock {
                 state: Mutex::new(State::Pending),
                 lost: AtomicBool::new(false),
                 done: AtomicBool::new(false),
+                abandoned: AtomicBool::new(false),
                 waited_ns: AtomicU64::new(0),
                 last_holder: Mutex::new(None),
                 renew: Mutex::new(None),
@@ -1017,12 +1040,12 @@ fn local_holder(l: &LocalLocks, names: &Names) -> Option<(String, i64)> {
 #[pymethods]
 impl PyRedisLock {
     #[new]
-    #[pyo3(signature = (url=None, *, prefix="sessionlock:".to_owned(), ttl=30.0, wait=10.0,
+    #[pyo3(signature = (url=None, *, prefix="sessionlock:", ttl=30.0, wait=10.0,
         auto_renew=true, max_hold=None, fallback="local", connect_timeout=1.0))]
     #[allow(clippy::too_many_arguments)] // reason: the documented keyword-only signature
     fn new(
         url: Option<&str>,
-        prefix: String,
+        prefix: &str,
         ttl: f64,
         wait: f64,
         auto_renew: bool,
@@ -1033,7 +1056,7 @@ impl PyRedisLock {
         Ok(Self {
             core: Arc::new(build_core(
                 url,
-                prefix,
+                prefix.to_owned(),
                 ttl,
                 wait,
                 auto_renew,
@@ -1174,13 +1197,13 @@ pub struct PyRecommendationLock;
 #[pymethods]
 impl PyRecommendationLock {
     #[new]
-    #[pyo3(signature = (url=None, *, prefix="job_recommendation_lock:user:".to_owned(),
+    #[pyo3(signature = (url=None, *, prefix="job_recommendation_lock:user:",
         ttl=300.0, wait=10.0, auto_renew=true, max_hold=None, fallback="local",
         connect_timeout=1.0))]
     #[allow(clippy::too_many_arguments)] // reason: the documented keyword-only signature
     fn new(
         url: Option<&str>,
-        prefix: String,
+        prefix: &str,
         ttl: f64,
         wait: f64,
         auto_renew: bool,
@@ -1349,6 +1372,33 @@ impl PyLockHandle {
         pyo3_async_runtimes::generic::future_into_py::<ForkSafeRuntime, _, _>(py, fut)
     }
 
+    /// An acquiring awaitable whose cancellation abandons the handle (see `abandoned`).
+    fn acquiring_awaitable<'py, F, T>(
+        py: Python<'py>,
+        inner: &Arc<HandleInner>,
+        fut: F,
+    ) -> PyResult<Bound<'py, PyAny>>
+    where
+        F: std::future::Future<Output = PyResult<T>> + Send + 'static,
+        T: for<'a> IntoPyObject<'a> + Send + 'static,
+    {
+        let fut = Self::awaitable(py, fut)?;
+        let inner = inner.clone();
+        let on_done = pyo3::types::PyCFunction::new_closure(
+            py,
+            None,
+            None,
+            move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
+                if args.get_item(0)?.call_method0("cancelled")?.is_truthy()? {
+                    inner.abandon();
+                }
+                Ok(())
+            },
+        )?;
+        fut.call_method1(pyo3::intern!(py, "add_done_callback"), (on_done,))?;
+        Ok(fut)
+    }
+
     /// Future that settles a pending handle and logs; resolves to whether it is held.
     pub(crate) async fn settle(inner: Arc<HandleInner>, claimed: bool) -> Result<bool> {
         if claimed {
@@ -1486,7 +1536,7 @@ impl PyLockHandle {
         let claimed = slf.get().claim()?;
         let inner = slf.get().inner.clone();
         let me: Py<Self> = slf.clone().unbind();
-        let fut = Self::awaitable(py, async move {
+        let fut = Self::acquiring_awaitable(py, &inner.clone(), async move {
             Self::settle(inner, claimed).await?;
             Ok(me)
         })?;
@@ -1498,7 +1548,7 @@ impl PyLockHandle {
         let claimed = slf.get().claim()?;
         let inner = slf.get().inner.clone();
         let me: Py<Self> = slf.clone().unbind();
-        Self::awaitable(py, async move {
+        Self::acquiring_awaitable(py, &inner.clone(), async move {
             if Self::settle(inner.clone(), claimed).await? {
                 Ok(me)
             } else {

@@ -28,16 +28,32 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, password: str | None = None) -> None:
+    def __init__(self, password: str | None = None, tls: bool = False) -> None:
         self.port = free_port()
         self.password = password
+        self.tls = tls
         self.dir = tempfile.mkdtemp(prefix="sessionlock-redis-")
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
+        if self.tls:  # self-signed certificate: skip verification
+            return f"rediss://{auth}127.0.0.1:{self.port}/0#insecure"
         return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def _tls_args(self) -> list[str]:
+        cert, key = os.path.join(self.dir, "cert.pem"), os.path.join(self.dir, "key.pem")
+        if not os.path.exists(cert):
+            subprocess.run(
+                ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                 "-out", cert, "-days", "1", "-subj", "/CN=127.0.0.1",
+                 "-addext", "subjectAltName=IP:127.0.0.1"],
+                check=True, capture_output=True,
+            )  # fmt: skip
+        return ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", cert,
+                "--tls-key-file", key, "--tls-ca-cert-file", cert,
+                "--tls-auth-clients", "no"]  # fmt: skip
 
     def start(self) -> None:
         args = [
@@ -50,11 +66,15 @@ class RedisServer:
         ]  # fmt: skip
         if self.password:
             args += ["--requirepass", self.password]
+        if self.tls:
+            args += self._tls_args()
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as s:
+                    if self.tls:  # listening is enough; TLS needs a handshake to PING
+                        return
                     s.sendall(b"PING\r\n")
                     if s.recv(64):
                         return

@@ -7,6 +7,7 @@ import logging
 import math
 import multiprocessing
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -16,9 +17,9 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from redis_server import RedisServer, free_port
 
 import sessionlock
+from redis_server import RedisServer, free_port
 from sessionlock import (
     LockLost,
     LockTimeout,
@@ -255,7 +256,7 @@ def test_handoff_to_a_thread_waiter_is_fast(lk: RedisLock) -> None:
         queued = threading.Event()
         got: list[float] = []
 
-        def waiter() -> None:
+        def waiter(queued: threading.Event = queued, got: list[float] = got) -> None:
             queued.set()
             w = lk.acquire(key)
             got.append(time.perf_counter())
@@ -518,6 +519,37 @@ def test_fork_child_gets_its_own_connections(lk: RedisLock) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     with lk.acquire(key, wait=2) as again:  # the parent still works after the fork
         assert again.backend == "redis"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl for a certificate")
+def test_rediss_tls() -> None:
+    srv = RedisServer(tls=True)
+    srv.start()
+    try:
+        lk = RedisLock(srv.url, fallback="raise", connect_timeout=5)
+        key = new_key()
+        h = lk.acquire(key)
+        assert h.backend == "redis" and h.fencing_token is not None
+        got: list[float] = []
+
+        def waiter() -> None:
+            with lk.acquire(key, wait=10) as w:
+                got.append(w.waited)
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        wait_until(lambda: lk.stats()["contended"] > 0)
+        h.release()
+        t.join()
+        assert got and got[0] > 0
+
+        async def main() -> None:
+            async with lk.acquire(key) as ah:
+                assert ah.backend == "redis"
+
+        asyncio.run(main())
+    finally:
+        srv.stop()
 
 
 # --- outages ---------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 import types
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, Generic, Literal, TypeVar, final, overload
+from typing import Any, Generic, Literal, Self, TypeVar, final, overload
 
 from sessionlock.codec import Codec
 
@@ -240,8 +240,8 @@ class RedisLock:
     bad arguments.
     """
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         url: str | None = None,
         *,
         prefix: str = "sessionlock:",
@@ -251,7 +251,7 @@ class RedisLock:
         max_hold: float | None = None,
         fallback: Literal["local", "raise"] = "local",
         connect_timeout: float = 1.0,
-    ) -> None: ...
+    ) -> Self: ...
     @property
     def prefix(self) -> str:
         """Prepended to every key."""
@@ -282,12 +282,13 @@ class RedisLock:
     def __enter__(self) -> RedisLock: ...
     def __exit__(self, *_exc: object) -> bool: ...
 
+@final
 class RecommendationLock(RedisLock):
     """``RedisLock`` with the recommendation job's defaults: prefix
     ``job_recommendation_lock:user:``, lease 300 s, wait 10 s."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         url: str | None = None,
         *,
         prefix: str = "job_recommendation_lock:user:",
@@ -297,9 +298,9 @@ class RecommendationLock(RedisLock):
         max_hold: float | None = None,
         fallback: Literal["local", "raise"] = "local",
         connect_timeout: float = 1.0,
-    ) -> None: ...
+    ) -> Self: ...
     def acquire(  # type: ignore[override]
-        self, user_id: int | str, timeout: float = 300, *, wait: float | None = None
+        self, user_id: int | str, timeout: float = 300.0, *, wait: float | None = None
     ) -> LockHandle:
         """The old call: ``timeout`` is the lease in seconds; ``wait`` bounds the wait."""
 

@@ -6,7 +6,7 @@ Compared: sessionlock.RedisLock, redis-py ``Lock``, python-redis-lock and potter
 (one master), with redis-py ``PING`` as the floor. Two measurements, one run:
 
 1. uncontended acquire+release, p50 / p99 in µs and the ratio to the PING p50;
-2. ``--procs`` processes × ``--n`` acquisitions of one key, each held ``--hold`` s: hand-off
+2. ``--procs`` processes x ``--n`` acquisitions of one key, each held ``--hold`` s: hand-off
    latency (release by one worker -> acquired by another) p50, the share of hand-offs that
    go to another worker, and the longest single acquire wait.
 
@@ -27,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from redis_server import RedisServer  # noqa: E402
+from redis_server import RedisServer
 
 SPAWN = multiprocessing.get_context("spawn")
 IMPLS = ["sessionlock", "redis-py", "python-redis-lock", "pottery"]
@@ -129,8 +129,7 @@ def contended(impl: str, url: str, procs: int, n: int, hold: float) -> dict[str,
     start = SPAWN.Event()
     q = SPAWN.Queue()
     ps = [
-        SPAWN.Process(target=worker, args=(impl, url, key, n, hold, start, q))
-        for _ in range(procs)
+        SPAWN.Process(target=worker, args=(impl, url, key, n, hold, start, q)) for _ in range(procs)
     ]
     for p in ps:
         p.start()
@@ -190,7 +189,7 @@ def main() -> None:
     )
     print()
     hdr = (
-        "| lock | acq+rel p50 µs | × PING | acq+rel p99 µs | hand-off p50 µs "
+        "| lock | acq+rel p50 µs | x PING | acq+rel p99 µs | hand-off p50 µs "
         "| to another worker | longest wait ms | wall s |"
     )
     print(hdr)
