@@ -343,9 +343,7 @@ class RedisSessionLock(Generic[_C]):
         """Acquire (bounded by ``lock(timeout=...)``, else ``lock_wait``), then read and decode
         the context. Raises LockTimeout, SessionCorrupted (the lock is released again),
         RedisUnavailable. GIL released during the waits and round trips."""
-    def __exit__(
-        self, exc_type: object = None, _exc: object = None, _tb: object = None
-    ) -> bool:
+    def __exit__(self, exc_type: object = None, _exc: object = None, _tb: object = None) -> bool:
         """Write back a changed context on a clean exit, then release. Raises LockLost if
         the lock was lost (nothing written) and the codec's TypeError if the context can no
         longer be encoded."""
