@@ -911,8 +911,8 @@ impl PyRedisSessionManager {
                 Ok(()) | Err(None) => Ok(made.unbind()),
             }
         })();
-        let lost = st.release_sync(py, sid, owner)?;
-        let _ = lost; // the value was written with SET NX: a lost lock cannot overwrite anything
+        // the value was written with SET NX: even a lost lock cannot overwrite anything
+        st.release_sync(py, sid, owner)?;
         result
     }
 
@@ -954,11 +954,9 @@ impl PyRedisSessionManager {
                 )))
             }
         })();
-        let lost = st.release_sync(py, sid, owner)?;
-        if lost && result.is_ok() {
-            // written under a token check, so the write happened while we still held it
-            return result;
-        }
+        // A loss noticed only at release time does not undo a write-back that passed its
+        // token check: the write happened while the lock was still ours.
+        st.release_sync(py, sid, owner)?;
         result
     }
 
