@@ -223,6 +223,9 @@ impl Process {
             pool: Mutex::new(Vec::new()),
             aconn: tokio::sync::Mutex::new(None),
             hub: Hub::default(),
+            sync_sub: Mutex::new(None),
+            sync_patterns: Mutex::new((Vec::new(), Vec::new())),
+            sync_fast_off: AtomicBool::new(false),
             outage: Mutex::new(Outage::default()),
         });
         map.insert(target.url.clone(), c.clone());
@@ -294,36 +297,59 @@ pub struct Conn {
     pool: Mutex<Vec<redis::Connection>>,
     aconn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
     pub hub: Hub,
+    /// The thread waiters' fast path (see `wait_sync`): a blocking RESP3 pub/sub
+    /// connection that a waiting thread reads itself. The mutex is held by the one thread
+    /// reading it (GIL released, no other lock held), never by anyone else for long.
+    sync_sub: Mutex<Option<redis::Connection>>,
+    /// Patterns the fast path must listen to, and those it already does.
+    sync_patterns: Mutex<(Vec<String>, Vec<String>)>,
+    /// Set when the fast path could not connect (e.g. no RESP3); cleared after an outage.
+    pub sync_fast_off: AtomicBool,
     pub outage: Mutex<Outage>,
 }
 
 const MAX_IDLE: usize = 8;
+
+/// The connection is unusable (as opposed to a script or server error).
+#[must_use]
+pub fn is_broken(e: &redis::RedisError) -> bool {
+    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
+}
 
 impl Conn {
     fn io_timeout(&self) -> Duration {
         self.connect_timeout.max(Duration::from_millis(500)) * 2
     }
 
-    /// Runs `f` on a pooled blocking connection (the caller has released the GIL).
+    fn connect_sync(&self) -> redis::RedisResult<redis::Connection> {
+        let c = self
+            .client
+            .get_connection_with_timeout(self.connect_timeout)?;
+        c.set_read_timeout(Some(self.io_timeout()))?;
+        c.set_write_timeout(Some(self.io_timeout()))?;
+        Ok(c)
+    }
+
+    /// Runs `f` on a pooled blocking connection (the caller has released the GIL). An idle
+    /// connection that turns out dead (Redis restarted while it sat in the pool) is
+    /// replaced and `f` retried once on a fresh one; every script is safe to repeat.
     pub fn sync<T>(
         &self,
-        f: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> redis::RedisResult<T> {
         let pooled = self.pool.lock().pop();
-        let mut c = if let Some(c) = pooled {
-            c
-        } else {
-            let c = self
-                .client
-                .get_connection_with_timeout(self.connect_timeout)?;
-            c.set_read_timeout(Some(self.io_timeout()))?;
-            c.set_write_timeout(Some(self.io_timeout()))?;
-            c
+        let was_pooled = pooled.is_some();
+        let mut c = match pooled {
+            Some(c) => c,
+            None => self.connect_sync()?,
         };
-        let r = f(&mut c);
-        let broken = matches!(&r, Err(e) if e.is_io_error() || e.is_timeout()
-            || e.is_connection_dropped() || e.is_unrecoverable_error());
-        if !broken {
+        let mut r = f(&mut c);
+        if was_pooled && matches!(&r, Err(e) if is_broken(e)) {
+            self.reset_pool();
+            c = self.connect_sync()?;
+            r = f(&mut c);
+        }
+        if !matches!(&r, Err(e) if is_broken(e)) {
             let mut pool = self.pool.lock();
             if pool.len() < MAX_IDLE {
                 pool.push(c);
@@ -355,14 +381,156 @@ impl Conn {
         Ok(c)
     }
 
+    /// Runs one script on the multiplexed connection; a connection that turns out dead is
+    /// replaced and the script retried once (every script is safe to repeat).
+    pub async fn run_async<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> redis::RedisResult<T> {
+        let had = self.aconn.lock().await.is_some();
+        let mut c = self.aconn().await?;
+        let mut r = inv.invoke_async::<T>(&mut c).await;
+        if matches!(&r, Err(e) if is_broken(e)) {
+            self.drop_aconn().await;
+            if had {
+                c = self.aconn().await?;
+                r = inv.invoke_async::<T>(&mut c).await;
+                if matches!(&r, Err(e) if is_broken(e)) {
+                    self.drop_aconn().await;
+                }
+            }
+        }
+        r
+    }
+
     /// Forget the multiplexed connection after an I/O error so the next call reconnects.
     pub async fn drop_aconn(&self) {
         *self.aconn.lock().await = None;
     }
 
+    /// Thread waiters' wait for a notice, at most `d`. If no other thread is reading the
+    /// fast-path connection, this one reads it itself and dispatches every notice it sees
+    /// (its own included), so its own notice costs one wake-up instead of two (runtime
+    /// thread, then this thread). Correctness never depends on it: the async hub delivers
+    /// every notice as well, and any error just drops the fast path.
+    pub fn wait_sync(&self, slot: &Slot, d: Duration) -> Option<Notice> {
+        if let Some(n) = slot.take() {
+            return Some(n);
+        }
+        if self.sync_fast_off.load(Ordering::Relaxed) {
+            return slot.wait_sync(d);
+        }
+        let Some(mut sub) = self.sync_sub.try_lock() else {
+            return slot.wait_sync(d);
+        };
+        let deadline = Instant::now() + d;
+        let res = self.lead(&mut sub, slot, deadline);
+        drop(sub);
+        // let another waiting thread take over the reading
+        self.hub.nudge_all();
+        res
+    }
+
+    fn lead(
+        &self,
+        sub: &mut Option<redis::Connection>,
+        slot: &Slot,
+        deadline: Instant,
+    ) -> Option<Notice> {
+        if let Err(()) = self.ensure_sync_sub(sub) {
+            *sub = None;
+            return slot.wait_sync(deadline.saturating_duration_since(Instant::now()));
+        }
+        let con = sub.as_mut().expect("ensured above");
+        loop {
+            if let Some(n) = slot.take() {
+                return Some(n);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            if con
+                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+                .is_err()
+            {
+                *sub = None;
+                return slot.wait_sync(left);
+            }
+            match con.recv_response() {
+                Ok(redis::Value::Push {
+                    kind: redis::PushKind::PMessage,
+                    data,
+                }) => {
+                    if let [_, redis::Value::BulkString(ch), redis::Value::BulkString(p)] =
+                        data.as_slice()
+                    {
+                        if let (Ok(ch), Ok(p)) = (std::str::from_utf8(ch), std::str::from_utf8(p)) {
+                            if let Some((token, fence)) = parse_notice(p) {
+                                self.hub.deliver(ch, token, fence);
+                            }
+                        }
+                    }
+                }
+                Ok(_) => {}
+                Err(e) if e.is_timeout() => return slot.take(),
+                Err(_) => {
+                    *sub = None;
+                    return slot.wait_sync(deadline.saturating_duration_since(Instant::now()));
+                }
+            }
+        }
+    }
+
+    /// Connects the fast path and subscribes it to every wanted pattern (no round trip:
+    /// RESP3 subscriptions are fire-and-forget; confirmations arrive as pushes).
+    fn ensure_sync_sub(&self, sub: &mut Option<redis::Connection>) -> Result<(), ()> {
+        let (missing, fresh) = {
+            let mut pats = self.sync_patterns.lock();
+            if sub.is_none() {
+                pats.1.clear();
+            }
+            let (wanted, have) = &mut *pats;
+            let missing: Vec<String> = wanted
+                .iter()
+                .filter(|p| !have.contains(p))
+                .cloned()
+                .collect();
+            have.extend(missing.iter().cloned());
+            (missing, sub.is_none())
+        };
+        if fresh {
+            let info = self.client.get_connection_info().clone();
+            let settings = info
+                .redis_settings()
+                .clone()
+                .set_protocol(redis::ProtocolVersion::RESP3);
+            let c = redis::Client::open(info.set_redis_settings(settings))
+                .and_then(|c| c.get_connection_with_timeout(self.connect_timeout))
+                .map_err(|_| self.sync_fast_off.store(true, Ordering::Relaxed))?;
+            c.set_write_timeout(Some(self.io_timeout()))
+                .map_err(|_| ())?;
+            *sub = Some(c);
+        }
+        let con = sub.as_mut().expect("set above");
+        for p in missing {
+            if con.psubscribe_resp3(&p).is_err() {
+                self.sync_patterns.lock().1.clear();
+                return Err(());
+            }
+        }
+        Ok(())
+    }
+
     /// Makes sure this process listens for hand-off notices of `prefix`.
     pub async fn listen(self: &Arc<Self>, prefix: &str) -> redis::RedisResult<()> {
         let pattern = channel_pattern(prefix);
+        {
+            let mut pats = self.sync_patterns.lock();
+            if !pats.0.contains(&pattern) {
+                pats.0.push(pattern.clone());
+            }
+        }
         let mut sub = self.hub.sub.lock().await;
         if sub.alive.load(Ordering::Acquire) && sub.patterns.contains(&pattern) {
             return Ok(());
@@ -446,6 +614,11 @@ impl Slot {
         self.notify.notify_one();
     }
 
+    /// Wakes a waiting thread without a notice (it re-checks and may take over reading).
+    fn nudge(&self) {
+        self.cv.notify_all();
+    }
+
     /// Takes the notice, if any.
     pub fn take(&self) -> Option<Notice> {
         self.notice.lock().take()
@@ -524,6 +697,18 @@ impl Hub {
             .cloned();
         if let Some(s) = slot {
             s.signal(Notice::Granted(fence));
+        }
+    }
+
+    fn nudge_all(&self) {
+        let slots: Vec<Arc<Slot>> = self
+            .waiters
+            .lock()
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect();
+        for s in slots {
+            s.nudge();
         }
     }
 

@@ -176,6 +176,7 @@ impl Core {
             std::mem::replace(&mut o.down, false)
         };
         if was_down {
+            conn.sync_fast_off.store(false, Ordering::Relaxed);
             let shown = conn.target.display.clone();
             pyglue::log_detached(WARNING, || {
                 format!("sessionlock: Redis at {shown} answers again; back to the distributed lock")
@@ -354,12 +355,9 @@ impl HandleInner {
     ) -> redis::RedisResult<Attempt> {
         let a = self.acquire_args(queue);
         let inv = invoke4(&ACQUIRE, &self.names, &[&a[0], &a[1], &a[2]]);
-        let mut c = conn.aconn().await?;
-        let r = inv.invoke_async::<(i64, i64, String)>(&mut c).await;
-        if r.is_err() {
-            conn.drop_aconn().await;
-        }
-        r.map(parse_attempt)
+        conn.run_async::<(i64, i64, String)>(&inv)
+            .await
+            .map(parse_attempt)
     }
 
     fn log_waiting(&self, holder: &str, pttl: i64) {
@@ -388,7 +386,7 @@ impl HandleInner {
         if let Some(w) = waiting.as_mut() {
             if now < w.recheck_at && now < deadline {
                 let until = w.recheck_at.min(deadline).min(now + STEP);
-                match w.guard.slot.wait_sync(until - now) {
+                match w.conn.wait_sync(&w.guard.slot, until - now) {
                     Some(Notice::Granted(f)) => {
                         core.redis_ok(&w.conn);
                         return Ok(Some(Outcome::Held(Backend::Redis, Some(f))));
@@ -400,6 +398,10 @@ impl HandleInner {
             }
             let conn = w.conn.clone();
             if now >= deadline {
+                // a hand-off that arrived at the last moment is kept, not passed on
+                if let Some(Notice::Granted(f)) = w.guard.slot.take() {
+                    return Ok(Some(Outcome::Held(Backend::Redis, Some(f))));
+                }
                 let r = self.cancel_sync(&conn);
                 *waiting = None;
                 return match r {
@@ -485,8 +487,7 @@ impl HandleInner {
 
     async fn cancel_async(&self, conn: &Conn) -> redis::RedisResult<()> {
         let inv = invoke4(&CANCEL, &self.names, &[&self.token]);
-        let mut c = conn.aconn().await?;
-        inv.invoke_async::<i64>(&mut c).await.map(|_| ())
+        conn.run_async::<i64>(&inv).await.map(|_| ())
     }
 
     /// The whole async acquisition. Dropped mid-way (task cancelled), the `Cancel` guard
@@ -723,12 +724,7 @@ impl HandleInner {
             inv.key(&self.names.lock).arg(&self.token).arg(ms(ttl));
             inv
         };
-        let mut c = conn.aconn().await?;
-        let r = inv.invoke_async::<i64>(&mut c).await;
-        if r.is_err() {
-            conn.drop_aconn().await;
-        }
-        r.map(|v| v == 1)
+        conn.run_async::<i64>(&inv).await.map(|v| v == 1)
     }
 
     /// Switches Held -> Released and stops the renewal; returns what was held.
@@ -776,14 +772,9 @@ impl HandleInner {
             Backend::Redis => {
                 let conn = self.core.conn()?;
                 let inv = invoke4(&RELEASE, &self.names, &[&self.token]);
-                let r = match conn.aconn().await {
-                    Ok(mut c) => inv.invoke_async::<i64>(&mut c).await,
-                    Err(e) => Err(e),
-                };
-                match r {
+                match conn.run_async::<i64>(&inv).await {
                     Ok(v) => v == 1,
                     Err(e) => {
-                        conn.drop_aconn().await;
                         self.release_failed(&conn, &e);
                         false
                     }

@@ -55,7 +55,7 @@ def make_lock(impl: str, url: str, key: str) -> tuple[Callable[[], Any], Callabl
         import redis_lock
 
         def acq2() -> Any:
-            lock = redis_lock.Lock(r, key, expire=30)
+            lock = redis_lock.Lock(r, key, expire=60)
             assert lock.acquire(timeout=60)
             return lock
 
