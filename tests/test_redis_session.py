@@ -732,3 +732,50 @@ def test_redis_restart_mid_run() -> None:
         assert m.get_session(sid) == {"n": 12}
     finally:
         srv.stop()
+
+
+# --- configuration and the GIL ------------------------------------------------------------------
+
+
+def test_connection_from_environment_and_password_hidden(redis_url: str, monkeypatch: Any) -> None:
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    m: Mgr = RedisSessionManager(prefix=new_prefix())
+    assert m.url == redis_url
+    m.set_session("a", 1)
+    assert m.get_session("a") == 1
+    m.clear()
+    secret_url = "redis://user:hunter2@127.0.0.1:1/0"
+    p: Mgr = RedisSessionManager(secret_url)
+    assert "hunter2" not in repr(p) and "hunter2" not in p.url
+    with pytest.raises(RedisUnavailable) as e:
+        p.get_session("a")
+    assert "hunter2" not in str(e.value)
+
+
+def test_sync_lock_waits_release_the_gil(mgr: Mgr) -> None:
+    sid = mgr.create_session({"n": 0})
+    held, done = threading.Event(), threading.Event()
+    spins = 0
+
+    def holder() -> None:
+        with mgr.lock(sid):
+            held.set()
+            done.wait(5)
+
+    def spinner() -> None:
+        nonlocal spins
+        while not done.is_set():
+            spins += 1
+
+    t1 = threading.Thread(target=holder)
+    t1.start()
+    held.wait(5)
+    t2 = threading.Thread(target=spinner)
+    t2.start()
+    before = spins
+    with pytest.raises(LockTimeout), mgr.lock(sid, timeout=0.3):  # GIL released while waiting
+        pass
+    assert spins - before > 1000
+    done.set()
+    t1.join()
+    t2.join()
