@@ -779,3 +779,37 @@ def test_sync_lock_waits_release_the_gil(mgr: Mgr) -> None:
     done.set()
     t1.join()
     t2.join()
+
+
+def test_cancelled_async_waiter_leaves_no_trace(mgr: Mgr) -> None:
+    sid = mgr.create_session({"n": 0})
+
+    async def main() -> None:
+        holding, release = asyncio.Event(), asyncio.Event()
+
+        async def holder() -> None:
+            async with mgr.lock(sid) as ctx:
+                holding.set()
+                await release.wait()
+                ctx["n"] += 1
+
+        async def waiter() -> None:
+            async with mgr.lock(sid) as ctx:
+                ctx["n"] += 100  # never runs: cancelled while waiting
+
+        h = asyncio.create_task(holder())
+        await holding.wait()
+        w = asyncio.create_task(waiter())
+        await asyncio.sleep(0.05)  # let the waiter queue up behind the holder
+        w.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await w
+        release.set()
+        await h
+        # the lock is free again at once (the cancelled waiter was withdrawn from the queue)
+        lk = mgr.lock(sid)
+        assert await lk.acquire_async(timeout=1)
+        lk.release()
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+    assert mgr.get_session(sid) == {"n": 1}

@@ -343,7 +343,9 @@ class RedisSessionLock(Generic[_C]):
         """Acquire (bounded by ``lock(timeout=...)``, else ``lock_wait``), then read and decode
         the context. Raises LockTimeout, SessionCorrupted (the lock is released again),
         RedisUnavailable. GIL released during the waits and round trips."""
-    def __exit__(self, exc_type: object = None, _exc: object = None, _tb: object = None) -> bool:
+    def __exit__(
+        self, exc_type: object = None, _exc: object = None, _tb: object = None
+    ) -> Literal[False]:
         """Write back a changed context on a clean exit, then release. Raises LockLost if
         the lock was lost (nothing written) and the codec's TypeError if the context can no
         longer be encoded."""
@@ -351,7 +353,7 @@ class RedisSessionLock(Generic[_C]):
         """Like ``__enter__``; never blocks the loop (the codec runs on the loop's thread)."""
     def __aexit__(
         self, exc_type: object = None, _exc: object = None, _tb: object = None
-    ) -> Awaitable[bool]:
+    ) -> Awaitable[Literal[False]]:
         """Like ``__exit__``; never blocks the loop."""
     def _astart(self, timeout: float | None, fetch: bool) -> Awaitable[Any]: ...
     def _aregister(self, handle: LockHandle | None) -> bool: ...
