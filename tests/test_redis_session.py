@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import multiprocessing
+import os
 import pickle
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -813,3 +815,27 @@ def test_cancelled_async_waiter_leaves_no_trace(mgr: Mgr) -> None:
 
     asyncio.run(asyncio.wait_for(main(), 10))
     assert mgr.get_session(sid) == {"n": 1}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_works_in_a_forked_child(mgr: Mgr) -> None:
+    sid = mgr.create_session({"n": 0})
+    mgr.update(sid, lambda c: {"n": c["n"] + 1})  # the parent has connections and a runtime
+    r, w = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads
+        pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            mgr.update(sid, lambda c: {"n": c["n"] + 1})
+            with mgr.lock(sid) as ctx:
+                ctx["n"] += 1
+            code = 0 if mgr.get_session(sid) == {"n": 3} else 2
+        finally:
+            os.write(w, bytes([code]))
+            os._exit(code)
+    os.close(w)
+    assert os.read(r, 1) == b"\0"
+    os.waitpid(pid, 0)
+    assert mgr.get_session(sid) == {"n": 3}
