@@ -4,6 +4,7 @@
 
 ``POST /users/{user}/visit`` adds one visit to the user's session under the session's
 distributed lock (``aupdate``: the read-modify-write never loses an update across workers);
+``POST /users/{user}/visit-sync`` does the same from a threadpool endpoint (``with lock()``);
 ``GET /users/{user}`` returns the session and the worker's pid.
 """
 
@@ -30,7 +31,7 @@ def _visit(ctx: dict[str, Any]) -> dict[str, Any]:
 
 @app.post("/users/{user}/visit")
 async def visit(user: str) -> dict[str, Any]:
-    sessions.get_or_create(user, lambda: {"visits": 0, "pids": []})
+    await sessions.aget_or_create(user, lambda: {"visits": 0, "pids": []})
     return await sessions.aupdate(user, _visit)
 
 

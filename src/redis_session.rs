@@ -419,6 +419,28 @@ impl State {
         })
     }
 
+    /// Async `INSERT` with `want_existing`: None when stored, else the existing value.
+    async fn ainsert(&self, key: &str, body: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut inv = INSERT.prepare_invoke();
+        inv.key(key)
+            .arg(body)
+            .arg(self.idle_ms)
+            .arg(self.abs_ms)
+            .arg(1u8);
+        let conn = self.conn()?;
+        let r = async {
+            let mut c = conn.aconn().await?;
+            inv.invoke_async::<redis::Value>(&mut c).await
+        }
+        .await;
+        if let redis::Value::BulkString(b) = self.async_result(&conn, r).await? {
+            Ok(Some(b))
+        } else {
+            bump(&self.stats.creates);
+            Ok(None)
+        }
+    }
+
     fn write_back_inv(
         &self,
         key: &str,
@@ -958,6 +980,39 @@ impl PyRedisSessionManager {
         // token check: the write happened while the lock was still ours.
         st.release_sync(py, sid, owner)?;
         result
+    }
+
+    /// Awaitable form of `get_session` (never blocks the event loop).
+    #[pyo3(signature = (session_id, default=None))]
+    fn aget_session<'py>(
+        slf: &Bound<'py, Self>,
+        session_id: &Bound<'py, PyAny>,
+        default: Option<Bound<'py, PyAny>>,
+    ) -> Result<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let sid = sid_of(session_id)?;
+        let st = slf.get().st()?;
+        let lock = Bound::new(py, PyRedisSessionLock::new(st, sid.to_owned(), None))?;
+        Ok(helpers(py)?
+            .getattr("aget_session")?
+            .call1((lock, default))?)
+    }
+
+    /// Awaitable form of `get_or_create` (never blocks the event loop; the factory runs on
+    /// the loop's thread).
+    fn aget_or_create<'py>(
+        slf: &Bound<'py, Self>,
+        session_id: &Bound<'py, PyAny>,
+        factory: &Bound<'py, PyAny>,
+    ) -> Result<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let sid = sid_of(session_id)?;
+        check_callable("factory", factory)?;
+        let st = slf.get().st()?;
+        let lock = Bound::new(py, PyRedisSessionLock::new(st, sid.to_owned(), None))?;
+        Ok(helpers(py)?
+            .getattr("aget_or_create")?
+            .call1((lock, factory))?)
     }
 
     /// Awaitable form of `update` (never blocks the event loop).
@@ -1637,8 +1692,113 @@ impl PyRedisSessionLock {
         Ok(())
     }
 
+    /// Reads the session without locking (async): bytes or None.
+    fn _afetch<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyAny>> {
+        let st = self.st.clone();
+        let key = st.key(&self.sid);
+        let fut = async move {
+            let raw = st.afetch(&key).await?;
+            Python::attach(|py| -> PyResult<Py<PyAny>> {
+                Ok(match raw {
+                    Some(r) => PyBytes::new(py, &r).into_any().unbind(),
+                    None => py.None(),
+                })
+            })
+        };
+        Ok(pyo3_async_runtimes::generic::future_into_py::<
+            ForkSafeRuntime,
+            _,
+            _,
+        >(py, fut)?)
+    }
+
+    /// Decodes what `_afetch` read, counting a hit or a miss; `default` if it was None.
+    fn _adecode(
+        &self,
+        py: Python<'_>,
+        raw: Option<&Bound<'_, PyBytes>>,
+        default: Option<Py<PyAny>>,
+    ) -> Result<Option<Py<PyAny>>> {
+        let st = &self.st;
+        if let Some(b) = raw {
+            bump(&st.stats.hits);
+            Ok(Some(st.decode(py, &st.key(&self.sid), b.as_bytes())?))
+        } else {
+            bump(&st.stats.misses);
+            Ok(default)
+        }
+    }
+
+    /// `aget_or_create`: marks (or unmarks) the caller's hold as running the factory;
+    /// LockDeadlock if it already is (the factory asked for its own key).
+    fn _acreating(&self, py: Python<'_>, on: bool) -> Result<()> {
+        let (owner, _) = current_owner(py)?;
+        if on {
+            let creating = self
+                .st
+                .held
+                .lock()
+                .get(&self.sid)
+                .is_some_and(|h| h.owner == owner && h.creating);
+            if creating {
+                return Err(Error::Deadlock(format!(
+                    "aget_or_create({:?}) was called again from its own factory",
+                    self.sid
+                )));
+            }
+            bump(&self.st.stats.factory_runs);
+        }
+        self.st.set_creating(&self.sid, owner, on);
+        Ok(())
+    }
+
+    /// `aget_or_create`: stores `value` with SET NX (encoded here, on the loop's thread).
+    /// Resolves to None when stored, else the bytes of the value stored meanwhile.
+    fn _ainsert<'py>(
+        &self,
+        py: Python<'py>,
+        value: &Bound<'py, PyAny>,
+    ) -> Result<Bound<'py, PyAny>> {
+        let st = self.st.clone();
+        let key = st.key(&self.sid);
+        let body = st.encode(py, &key, value)?;
+        let fut = async move {
+            let existing = st.ainsert(&key, &body).await?;
+            Python::attach(|py| -> PyResult<Py<PyAny>> {
+                Ok(match existing {
+                    Some(r) => PyBytes::new(py, &r).into_any().unbind(),
+                    None => py.None(),
+                })
+            })
+        };
+        Ok(pyo3_async_runtimes::generic::future_into_py::<
+            ForkSafeRuntime,
+            _,
+            _,
+        >(py, fut)?)
+    }
+
+    /// Drops the caller's top frame (if any) and releases one level (async), writing
+    /// nothing.
+    fn _adiscard<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyAny>> {
+        let (owner, _) = current_owner(py)?;
+        let frame = self.pop_frame(owner).ok();
+        drop(frame);
+        self.release_async(py)
+    }
+
     /// Releases one level of the caller's hold without writing anything (async).
     fn _arelease<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyAny>> {
+        self.release_async(py)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<RedisSessionLock session_id={:?}>", self.sid)
+    }
+}
+
+impl PyRedisSessionLock {
+    fn release_async<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyAny>> {
         let (owner, _) = current_owner(py)?;
         let handle = self.st.unregister(&self.sid, owner)?;
         let fut = async move {
@@ -1654,10 +1814,6 @@ impl PyRedisSessionLock {
             _,
             (),
         >(py, fut)?)
-    }
-
-    fn __repr__(&self) -> String {
-        format!("<RedisSessionLock session_id={:?}>", self.sid)
     }
 }
 

@@ -839,3 +839,36 @@ def test_works_in_a_forked_child(mgr: Mgr) -> None:
     assert os.read(r, 1) == b"\0"
     os.waitpid(pid, 0)
     assert mgr.get_session(sid) == {"n": 3}
+
+
+def test_async_get_and_get_or_create(mgr: Mgr) -> None:
+    runs: list[int] = []
+
+    def factory() -> dict[str, int]:
+        runs.append(1)
+        return {"v": 1}
+
+    async def main() -> None:
+        assert await mgr.aget_session("a") is None
+        assert await mgr.aget_session("a", "dflt") == "dflt"
+        got = await asyncio.gather(*(mgr.aget_or_create("a", factory) for _ in range(20)))
+        assert got == [{"v": 1}] * 20
+        assert runs == [1]
+        assert await mgr.aget_session("a") == {"v": 1}
+
+        def bad() -> Any:
+            raise KeyError("nope")
+
+        with pytest.raises(KeyError):
+            await mgr.aget_or_create("b", bad)
+        assert await mgr.aget_session("b") is None
+
+        def sneaky() -> Any:
+            mgr.set_session("c", {"theirs": True})
+            return {"mine": True}
+
+        assert await mgr.aget_or_create("c", sneaky) == {"theirs": True}
+        assert not mgr.lock("c").locked() and not mgr.lock("b").locked()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+    assert mgr.stats()["factory_runs"] >= 3

@@ -48,3 +48,28 @@ async def aupdate(lock: Any, fn: Callable[[Any], Any]) -> Any:
         raise
     await lock.__aexit__(None, None, None)
     return new
+
+
+async def aget_session(lock: Any, default: Any) -> Any:
+    raw = await lock._afetch()
+    return lock._adecode(raw, default)
+
+
+async def aget_or_create(lock: Any, factory: Callable[[], Any]) -> Any:
+    raw = await lock._afetch()
+    if raw is not None:
+        return lock._adecode(raw, None)
+    # Miss: under the distributed lock, look again, then run the factory once.
+    ctx = await _enter(lock, False)
+    try:
+        if lock._aexists():
+            return ctx
+        lock._acreating(True)
+        try:
+            value = factory()
+        finally:
+            lock._acreating(False)
+        existing = await lock._ainsert(value)
+        return value if existing is None else lock._adecode(existing, None)
+    finally:
+        await lock._adiscard()
