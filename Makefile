@@ -1,7 +1,7 @@
 # sessionlock developer entry points. `make check` is the README's test command and what CI runs.
 PY ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-PYDIRS := python tests examples
+PYDIRS := $(wildcard python tests examples)
 
 .PHONY: deps install lint test bench bench-redis bench-redis-session check demo
 

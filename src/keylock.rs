@@ -39,8 +39,16 @@ impl Owner {
         }
     }
 
+    /// Whether this owner can only make progress on OS thread `thread`: a task of the loop
+    /// running there, or that thread itself outside any task (a thread that took the lock
+    /// and then ran an event loop, or a loop callback): a sync wait on `thread` behind it
+    /// could never end.
     fn runs_on_loop_of(&self, thread: u64) -> bool {
-        self.task && self.loop_thread == thread
+        if self.task {
+            self.loop_thread == thread
+        } else {
+            self.id == thread
+        }
     }
 }
 
@@ -354,6 +362,18 @@ mod tests {
             m.acquire("k", t(7), true, Some(7), || ()),
             Outcome::Deadlock
         );
+        // the holder is this very thread outside the loop (it took the lock, then ran a
+        // loop whose task now waits synchronously)
+        let n: KeyLocks<()> = KeyLocks::new();
+        n.acquire("k", t(7), true, None, || ());
+        assert_eq!(
+            n.acquire("k", task(12, 7), true, Some(7), || ()),
+            Outcome::Deadlock
+        );
+        assert!(matches!(
+            n.acquire("k", task(13, 8), true, Some(8), || ()),
+            Outcome::Queued(_)
+        ));
     }
 
     #[test]

@@ -28,6 +28,7 @@ use pyo3::prelude::*;
 fn _sessionlock(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
+    pyglue::register(m)?;
     m.add_class::<manager::PyManager>()?;
     m.add_class::<session_lock::PySessionLock>()?;
     m.add_class::<redis_lock::PyRedisLock>()?;

@@ -246,7 +246,7 @@ impl Inner {
                     self.notify(py, vec![old], "expired");
                 }
                 bump(&self.stats.creates);
-                self.enforce_capacity(py);
+                self.enforce_capacity(py, key);
                 Insert::Inserted { expired: None }
             }
             other => other,
@@ -255,14 +255,19 @@ impl Inner {
         outcome
     }
 
-    fn enforce_capacity(&self, py: Python<'_>) {
+    /// Evicts down to `max_sessions`. `spare` is the key just inserted: it is the most
+    /// recently used of all, yet the sampling could pick it when its shard holds little
+    /// else, and an insert must never evict the session it has just stored (create_session
+    /// would hand out a dead id).
+    fn enforce_capacity(&self, py: Python<'_>, spare: &str) {
         let max = self.max_sessions.load(Ordering::Relaxed);
         if max == 0 {
             return;
         }
+        let pinned = |k: &str| k == spare || self.locks.is_held(k);
         let mut gone = Vec::new();
         while self.store.len() > max {
-            match self.store.evict_one(&self.held()) {
+            match self.store.evict_one(&pinned) {
                 Some(v) => gone.push(v),
                 None => break, // everything left is held: over capacity until released
             }
@@ -316,16 +321,19 @@ impl Inner {
             Wake::Thread(s)
         });
         let id = match outcome {
-            Outcome::Acquired { .. } => {
+            Outcome::Acquired { reentered } => {
                 bump(&self.stats.lock_acquires);
+                if !reentered {
+                    self.begin_hold(py, key);
+                }
                 return Ok(true);
             }
             Outcome::Busy => return Ok(false),
             Outcome::Deadlock => {
                 return Err(Error::Deadlock(format!(
                 "waiting for session {key:?} here would deadlock: it is held (or awaited) by an \
-                     asyncio task of the event loop running on this thread; use `async with` / \
-                     `await lock.acquire_async()`"
+                     asyncio task of the event loop running on this thread, or by this thread \
+                     outside that loop; use `async with` / `await lock.acquire_async()`"
             )))
             }
             Outcome::Queued(id) => id,
@@ -357,7 +365,10 @@ impl Inner {
             .lock_wait_ns
             .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
         match granted {
-            Ok(true) => bump(&self.stats.lock_acquires),
+            Ok(true) => {
+                bump(&self.stats.lock_acquires);
+                self.begin_hold(py, key);
+            }
             Ok(false) => bump(&self.stats.lock_timeouts),
             Err(_) => {}
         }
@@ -375,9 +386,39 @@ impl Inner {
         }
     }
 
+    /// Called when an owner takes a fresh (not re-entered) hold of `key`. Holding pins a
+    /// session against expiring *during* the hold; it must not revive one that had already
+    /// expired before the hold began (update() would write to it, `with` would return it),
+    /// so such a session is reclaimed now.
+    pub fn begin_hold(&self, py: Python<'_>, key: &str) {
+        let ttl = self.ttl();
+        if !ttl.is_enabled() {
+            return;
+        }
+        let now = now_ns();
+        if matches!(
+            self.store.get(key, now, ttl, false, |_| ()),
+            Get::Expired(())
+        ) {
+            // `held` is ignored: the only holder is the caller, who just arrived.
+            if let Some(gone) = self.store.remove_if_expired(key, now, ttl, &|_| false) {
+                self.notify(py, vec![gone], "expired");
+            }
+        }
+    }
+
     /// Releases one level of `owner`'s hold and wakes whoever the lock was handed to. A
     /// waiter that can no longer be woken (its loop closed) is skipped: the lock moves on.
     pub fn release(&self, py: Python<'_>, key: &str, owner: Owner) -> Result<()> {
+        let ttl = self.ttl();
+        if ttl.idle_ns != 0 && self.locks.depth(key, owner) == 1 {
+            // The session was in use until now, so its idle clock restarts at the release.
+            // Done while still held (nothing can reclaim it in between), and with the idle
+            // limit off for this one lookup: a hold longer than idle_ttl leaves the session
+            // idle-expired, which a plain touch would refuse to refresh.
+            let only_absolute = Ttl { idle_ns: 0, ..ttl };
+            let _ = self.store.touch(key, now_ns(), only_absolute);
+        }
         let mut current = owner;
         let mut first = true;
         loop {
@@ -396,11 +437,6 @@ impl Inner {
                 }
             }
             first = false;
-        }
-        let ttl = self.ttl();
-        if ttl.idle_ns != 0 {
-            // The session was in use until now: its idle clock restarts at the release.
-            let _ = self.store.touch(key, now_ns(), ttl);
         }
         Ok(())
     }
@@ -517,8 +553,7 @@ impl PyManager {
 
     #[classmethod]
     fn __class_getitem__(cls: &Bound<'_, PyType>, item: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let ga = cls.py().import("types")?.getattr("GenericAlias")?;
-        Ok(ga.call1((cls, item))?.unbind())
+        crate::pyglue::generic_alias(cls.as_any(), item)
     }
 
     fn create_session(&self, py: Python<'_>, context: Py<PyAny>) -> PyResult<String> {
@@ -651,23 +686,31 @@ impl PyManager {
             let current = inner
                 .get(py, key, false)
                 .ok_or_else(|| Error::NotFound(format!("session {key:?} does not exist")))?;
-            let new = r#fn.call1((current,))?.unbind();
+            // `current` stays alive across the call so that its address cannot be reused.
+            let new = r#fn.call1((current.clone_ref(py),))?.unbind();
             let ttl = inner.ttl();
-            match inner.store.replace_existing(
+            // Writers do not wait for the session lock, so the session may have been deleted,
+            // deleted and re-created, or replaced while `fn` ran. Write back only over the very
+            // value `fn` was given (pointer identity, no Python code under the shard lock):
+            // anything else would resurrect old state over a newer value, a lost write.
+            let result = match inner.store.replace_existing(
                 key,
                 new.clone_ref(py),
                 inner.now(ttl),
                 ttl,
                 &inner.held(),
+                |v| v.is(&current),
             ) {
                 Ok(old) => {
                     drop(old);
                     Ok(new)
                 }
                 Err(_) => Err(Error::NotFound(format!(
-                    "session {key:?} was deleted during update()"
+                    "session {key:?} was deleted or replaced during update()"
                 ))),
-            }
+            };
+            drop(current);
+            result
         })();
         inner.release(py, key, owner)?;
         result
@@ -706,7 +749,12 @@ impl PyManager {
     ) -> Result<PySessionLock> {
         let key = self::session_id(session_id)?;
         let timeout = config::optional_timeout("timeout", timeout)?;
-        Ok(PySessionLock::new(slf.get().inner.clone(), key, timeout))
+        Ok(PySessionLock::new(
+            slf.clone().into_any().unbind(),
+            slf.get().inner.clone(),
+            key,
+            timeout,
+        ))
     }
 
     fn purge_expired(&self, py: Python<'_>) -> usize {

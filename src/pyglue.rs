@@ -18,42 +18,133 @@ pub fn thread_id() -> u64 {
     ID.with(|id| *id)
 }
 
+/// Bumped in the child after `os.fork()` (see `register`): per-thread caches keyed on
+/// Python objects are void there.
+static FORK_GENERATION: AtomicU64 = AtomicU64::new(0);
+
+#[pyfunction]
+fn _after_fork_in_child() {
+    FORK_GENERATION.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Module-init hooks of this file.
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let hook = wrap_pyfunction!(_after_fork_in_child, m)?;
+    let kw = PyDict::new(m.py());
+    kw.set_item("after_in_child", hook)?;
+    m.py()
+        .import("os")?
+        .getattr("register_at_fork")?
+        .call((), Some(&kw))?;
+    Ok(())
+}
+
+/// `(holder, loop)`: what `_get_running_loop()` answered while `holder` was this thread's
+/// running-loop record. The strong reference keeps the holder's address from being reused
+/// (it also keeps a finished loop object alive until this thread next asks: memory only).
+struct LoopCache {
+    holder: Py<PyAny>,
+    event_loop: Option<Py<PyAny>>,
+    generation: u64,
+}
+
+thread_local!(static LOOP_CACHE: std::cell::RefCell<Option<LoopCache>> = const { std::cell::RefCell::new(None) });
+
 /// The running event loop of this thread, if any.
+///
+/// CPython 3.11's `_get_running_loop()` calls `getpid()` (a real syscall, about a third of an
+/// uncontended lock round trip) on every call. It keeps the loop in a holder object in the
+/// thread-state dict and installs a *new* holder whenever the running loop changes, so
+/// "same holder object, same process" means "same answer": we cache per thread on that.
+/// Where the holder is not found (other Python versions), we simply ask every time.
 pub fn running_loop(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
     static GET: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    // SAFETY: PyThreadState_GetDict is called with the GIL held (we have `py`); it returns a
+    // borrowed reference (or NULL), which from_borrowed_ptr_or_opt turns into an owned one.
+    let ts_dict =
+        unsafe { Bound::from_borrowed_ptr_or_opt(py, pyo3::ffi::PyThreadState_GetDict()) };
+    let holder = match ts_dict.map(Bound::cast_into::<PyDict>) {
+        Some(Ok(d)) => d.get_item(pyo3::intern!(py, "__asyncio_running_event_loop__"))?,
+        _ => None,
+    };
+    let generation = FORK_GENERATION.load(Ordering::Relaxed);
+    if let Some(h) = &holder {
+        let hit = LOOP_CACHE.with_borrow(|c| match c {
+            Some(c) if c.generation == generation && c.holder.as_ptr() == h.as_ptr() => {
+                Some(c.event_loop.as_ref().map(|l| l.bind(py).clone()))
+            }
+            _ => None,
+        });
+        if let Some(lp) = hit {
+            return Ok(lp);
+        }
+    }
     let lp = GET
         .import(py, "asyncio.events", "_get_running_loop")?
         .call0()?;
-    Ok(if lp.is_none() { None } else { Some(lp) })
+    let lp = if lp.is_none() { None } else { Some(lp) };
+    if let Some(h) = holder {
+        let entry = LoopCache {
+            holder: h.unbind(),
+            event_loop: lp.as_ref().map(|l| l.clone().unbind()),
+            generation,
+        };
+        // The replaced entry is dropped after the borrow ends (its decrefs cannot re-enter here).
+        let old = LOOP_CACHE.with_borrow_mut(|c| c.replace(entry));
+        drop(old);
+    }
+    Ok(lp)
 }
 
 /// Who is calling: the running asyncio task if there is one, else the thread. A thread
 /// that runs a loop (a loop callback) is a thread owner that remembers its loop thread.
 pub fn current_owner(py: Python<'_>) -> PyResult<(Owner, Option<Bound<'_, PyAny>>)> {
-    static CURRENT_TASK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let tid = thread_id();
     let Some(lp) = running_loop(py)? else {
         return Ok((Owner::thread(tid), None));
     };
-    let task = CURRENT_TASK
-        .import(py, "asyncio", "current_task")?
-        .call1((&lp,))?;
-    let owner = if task.is_none() {
-        Owner {
+    let task = current_task(py, &lp)?;
+    let owner = match task {
+        None => Owner {
             id: tid,
             task: false,
             loop_thread: tid,
-        }
-    } else {
+        },
         // The task object's address: unique while the task is alive, and a task that
         // holds or waits for a lock is alive (its frame references the lock).
-        Owner {
+        Some(task) => Owner {
             id: task.as_ptr() as u64,
             task: true,
             loop_thread: tid,
-        }
+        },
     };
     Ok((owner, Some(lp)))
+}
+
+/// `asyncio.current_task(loop)`. On CPython <= 3.11 that function is pure Python (~0.5 us),
+/// so read the C module's `_current_tasks` dict directly when it exists.
+fn current_task<'py>(
+    py: Python<'py>,
+    lp: &Bound<'py, PyAny>,
+) -> PyResult<Option<Bound<'py, PyAny>>> {
+    static TASKS: PyOnceLock<Option<Py<PyDict>>> = PyOnceLock::new();
+    static CURRENT_TASK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let tasks = TASKS.get_or_init(py, || {
+        py.import("_asyncio")
+            .and_then(|m| m.getattr("_current_tasks"))
+            .ok()
+            .and_then(|d| d.cast_into::<PyDict>().ok())
+            .map(Bound::unbind)
+    });
+    let task = match tasks {
+        Some(d) => d.bind(py).get_item(lp)?,
+        None => Some(
+            CURRENT_TASK
+                .import(py, "asyncio", "current_task")?
+                .call1((lp,))?,
+        ),
+    };
+    Ok(task.filter(|t| !t.is_none()))
 }
 
 fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
@@ -103,8 +194,40 @@ pub fn log(py: Python<'_>, level: u8, msg: impl FnOnce() -> String) {
     }
 }
 
+/// Whether the `sessionlock` logger would emit `level` now (false if it cannot say).
+pub fn log_enabled(py: Python<'_>, level: u8) -> bool {
+    logger(py)
+        .and_then(|l| {
+            l.call_method1(pyo3::intern!(py, "isEnabledFor"), (level,))?
+                .is_truthy()
+        })
+        .unwrap_or(false)
+}
+
 /// [`log`] from a thread that does not hold the GIL (a runtime task). Skipped when the
 /// interpreter is shutting down.
 pub fn log_detached(level: u8, msg: impl FnOnce() -> String) {
     let _ = Python::try_attach(|py| log(py, level, msg));
+}
+
+/// `types.GenericAlias(cls, item)`: what `__class_getitem__` returns for our generic classes.
+pub fn generic_alias(cls: &Bound<'_, PyAny>, item: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    static GENERIC_ALIAS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let ga = GENERIC_ALIAS.import(cls.py(), "types", "GenericAlias")?;
+    Ok(ga.call1((cls, item))?.unbind())
+}
+
+/// A one-line Python `async def` helper, compiled once into `cell` (`name` is both the
+/// function's name and, prefixed, its module's).
+pub fn python_helper<'a>(
+    py: Python<'_>,
+    cell: &'a PyOnceLock<Py<PyAny>>,
+    name: &str,
+    code: &std::ffi::CStr,
+) -> PyResult<&'a Py<PyAny>> {
+    cell.get_or_try_init(py, || {
+        let module = std::ffi::CString::new(format!("sessionlock._{name}"))?;
+        let m = PyModule::from_code(py, code, c"<sessionlock>", &module)?;
+        Ok(m.getattr(name)?.unbind())
+    })
 }

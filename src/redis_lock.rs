@@ -6,9 +6,12 @@
 //!
 //! Invariants:
 //! - Ownership is the handle's random token, never the thread or task.
-//! - No Rust lock is held while Python runs or while a network round trip is in flight:
-//!   `HandleInner::state` is held only to read or switch the state; connections are taken
-//!   out of the pool for the duration of a call.
+//! - No Rust lock is held while Python runs. No lock that another caller needs on its way
+//!   is held across a round trip: `HandleInner::state` is held only to read or switch the
+//!   state, and connections are taken out of the pool for the duration of a call. The two
+//!   deliberate exceptions live in `redis_conn.rs`: the pub/sub subscriber (an async mutex,
+//!   held while subscribing) and the thread waiters' fast-path reader (only `try_lock`ed;
+//!   whoever does not get it waits on its own slot instead).
 //! - `done` is set before a release is sent, and the renewal task checks it after every
 //!   round trip, so a renewal racing the release never reports a loss.
 //! - Every sync network call and every wait runs inside `py.detach`, in steps of at most
@@ -1391,13 +1394,21 @@ impl PyLockHandle {
     }
 
     /// Future that settles a pending handle and logs; resolves to whether it is held.
-    pub(crate) async fn settle(inner: Arc<HandleInner>, claimed: bool) -> Result<bool> {
+    /// `debug`: whether DEBUG logging was on when the awaitable was made; checked on the
+    /// loop thread so the runtime thread takes the GIL only when there is something to log.
+    pub(crate) async fn settle(
+        inner: Arc<HandleInner>,
+        claimed: bool,
+        debug: bool,
+    ) -> Result<bool> {
         if claimed {
             let started = Instant::now();
             match inner.acquire_async().await {
                 Ok(o) => {
                     let held = inner.finish(o, started);
-                    let _ = Python::try_attach(|py| inner.log_outcome(py, held));
+                    if debug {
+                        let _ = Python::try_attach(|py| inner.log_outcome(py, held));
+                    }
                 }
                 Err(e) => {
                     *inner.state.lock() = State::Pending;
@@ -1524,11 +1535,12 @@ impl PyLockHandle {
 
     fn __await__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
+        let debug = pyglue::log_enabled(py, DEBUG);
         let claimed = slf.get().claim()?;
         let inner = slf.get().inner.clone();
         let me: Py<Self> = slf.clone().unbind();
         let fut = Self::acquiring_awaitable(py, &inner.clone(), async move {
-            Self::settle(inner, claimed).await?;
+            Self::settle(inner, claimed, debug).await?;
             Ok(me)
         })?;
         fut.call_method0(pyo3::intern!(py, "__await__"))
@@ -1536,11 +1548,12 @@ impl PyLockHandle {
 
     fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
+        let debug = pyglue::log_enabled(py, DEBUG);
         let claimed = slf.get().claim()?;
         let inner = slf.get().inner.clone();
         let me: Py<Self> = slf.clone().unbind();
         Self::acquiring_awaitable(py, &inner.clone(), async move {
-            if Self::settle(inner.clone(), claimed).await? {
+            if Self::settle(inner.clone(), claimed, debug).await? {
                 Ok(me)
             } else {
                 Err(inner.timeout_error().into())
@@ -1557,10 +1570,13 @@ impl PyLockHandle {
         _tb: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let clean = exc_type.is_none_or(Bound::is_none);
+        let debug = pyglue::log_enabled(py, DEBUG);
         let inner = self.inner.clone();
         Self::awaitable(py, async move {
             let ok = inner.release_async().await?;
-            let _ = Python::try_attach(|py| inner.log_released(py, ok));
+            if debug {
+                let _ = Python::try_attach(|py| inner.log_released(py, ok));
+            }
             if clean && inner.lost.load(Ordering::Acquire) {
                 return Err(inner.lost_error().into());
             }

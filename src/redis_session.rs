@@ -784,8 +784,7 @@ impl PyRedisSessionManager {
 
     #[classmethod]
     fn __class_getitem__(cls: &Bound<'_, PyType>, item: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let ga = cls.py().import("types")?.getattr("GenericAlias")?;
-        Ok(ga.call1((cls, item))?.unbind())
+        pyglue::generic_alias(cls.as_any(), item)
     }
 
     #[getter]
@@ -1364,8 +1363,7 @@ impl PyRedisSessionLock {
 impl PyRedisSessionLock {
     #[classmethod]
     fn __class_getitem__(cls: &Bound<'_, PyType>, item: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let ga = cls.py().import("types")?.getattr("GenericAlias")?;
-        Ok(ga.call1((cls, item))?.unbind())
+        pyglue::generic_alias(cls.as_any(), item)
     }
 
     #[getter]
@@ -1583,12 +1581,13 @@ impl PyRedisSessionLock {
             Some((h, claimed))
         };
         let key = st.key(&self.sid);
+        let debug = pyglue::log_enabled(py, pyglue::DEBUG);
         let fut = async move {
             let started = Instant::now();
             let mut out_handle = None;
             if let Some((h, claimed)) = handle {
                 let inner = h.get().inner.clone();
-                let got = PyLockHandle::settle(inner, claimed).await?;
+                let got = PyLockHandle::settle(inner, claimed, debug).await?;
                 st.record_wait(started, got);
                 if !got {
                     return Python::attach(|py| -> PyResult<Py<PyAny>> {

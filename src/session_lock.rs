@@ -11,14 +11,16 @@
 //!   key-lock guard (keylock.rs) and the future is resolved afterwards, outside every lock.
 //! - A waiter that goes away (cancelled, timed out, dropped before completion) is withdrawn
 //!   from the queue; if the lock had already been handed to it, it is released on its
-//!   behalf, so a hand-off is never swallowed. The future's done-callback is the one place
-//!   that handles cancellation; `throw()` handles a result that arrived but was not consumed.
+//!   behalf, so a hand-off is never swallowed. Task cancellation always reaches the awaitable
+//!   through `throw()` (the coroutine delegates to it), so no done-callback is needed: the
+//!   queue, not the future, says whether a hand-off happened.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
+use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyTuple, PyType};
@@ -31,8 +33,9 @@ use crate::pyglue::current_owner;
 
 /// Resolves a waiter's future with `True` unless it is already done (cancelled).
 pub fn resolve_waiter(fut: &Bound<'_, PyAny>) -> PyResult<()> {
-    if !fut.call_method0("done")?.is_truthy()? {
-        fut.call_method1("set_result", (true,))?;
+    let py = fut.py();
+    if !fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+        fut.call_method1(pyo3::intern!(py, "set_result"), (true,))?;
     }
     Ok(())
 }
@@ -50,6 +53,64 @@ pub fn resolver(py: Python<'_>) -> PyResult<&Py<PyAny>> {
     })
 }
 
+/// An already-settled awaitable: a coroutine that returns `value` at once. (A native
+/// iterator would have to raise `StopIteration(value)`, which costs more than the whole
+/// uncontended acquire; a finished coroutine returns through the interpreter's fast path.)
+pub fn ready(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
+    static READY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    let code = c"async def ready(value):\n    return value\n";
+    crate::pyglue::python_helper(py, &READY, "ready", code)?.call1(py, (value,))
+}
+
+/// What `acquire_async()` / `__aenter__` captured at call time, for the first step of their
+/// coroutine (see `PyAcquire::start`).
+#[pyclass(frozen, module = "sessionlock._sessionlock")]
+struct Starter {
+    inner: Arc<Inner>,
+    key: Box<str>,
+    owner: Owner,
+    event_loop: Py<PyAny>,
+    timeout: Option<f64>,
+    want_context: bool,
+}
+
+#[pymethods]
+impl Starter {
+    fn start(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        PyAcquire::start_for(
+            py,
+            &self.inner,
+            &self.key,
+            self.owner,
+            self.event_loop.bind(py),
+            self.timeout,
+            self.want_context,
+        )
+    }
+}
+
+/// The awaitable `__aexit__` returns: `await` on it gives `None` at once. Its `__await__` is
+/// an empty iterator, which ends without raising `StopIteration`, so this is cheaper than
+/// even a finished coroutine. One shared instance.
+#[pyclass(frozen, module = "sessionlock._sessionlock", name = "_Done")]
+struct PyDone;
+
+#[pymethods]
+impl PyDone {
+    #[allow(clippy::unused_self)] // reason: a dunder method needs its receiver
+    fn __await__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyIterator>> {
+        pyo3::types::PyTuple::empty(py).try_iter()
+    }
+}
+
+fn done(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    static DONE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+    DONE.get_or_try_init(py, || {
+        Ok::<_, PyErr>(Bound::new(py, PyDone)?.into_any().unbind())
+    })
+    .map(|d| d.clone_ref(py))
+}
+
 /// Per-session lock shared by threads and asyncio tasks (RLock interface + async).
 #[pyclass(
     frozen,
@@ -59,15 +120,20 @@ pub fn resolver(py: Python<'_>) -> PyResult<&Py<PyAny>> {
 )]
 pub struct PySessionLock {
     inner: Arc<Inner>,
+    /// The manager `inner` belongs to, held (and traversed) only so that the cyclic GC sees
+    /// `context -> its lock -> manager -> context`: through the `Arc` alone that cycle is
+    /// invisible and a context that keeps its session's lock would never be freed.
+    manager: Py<PyAny>,
     key: Box<str>,
     /// Bounds the wait of `with` / `async with` (None: forever).
     timeout: Option<f64>,
 }
 
 impl PySessionLock {
-    pub fn new(inner: Arc<Inner>, key: &str, timeout: Option<f64>) -> Self {
+    pub fn new(manager: Py<PyAny>, inner: Arc<Inner>, key: &str, timeout: Option<f64>) -> Self {
         Self {
             inner,
+            manager,
             key: key.into(),
             timeout,
         }
@@ -86,13 +152,16 @@ impl PySessionLock {
 impl PySessionLock {
     #[classmethod]
     fn __class_getitem__(cls: &Bound<'_, PyType>, item: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let ga = cls.py().import("types")?.getattr("GenericAlias")?;
-        Ok(ga.call1((cls, item))?.unbind())
+        crate::pyglue::generic_alias(cls.as_any(), item)
     }
 
     #[getter]
     fn session_id(&self) -> &str {
         &self.key
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> std::result::Result<(), PyTraverseError> {
+        visit.call(&self.manager)
     }
 
     #[pyo3(signature = (blocking=None, timeout=-1.0), text_signature = "(self, /, blocking=True, timeout=-1)")]
@@ -127,7 +196,7 @@ impl PySessionLock {
     }
 
     #[pyo3(signature = (timeout=None))]
-    fn acquire_async(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<PyAcquire> {
+    fn acquire_async(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         let timeout = config::optional_timeout("timeout", timeout)?;
         PyAcquire::start(py, &self.inner, &self.key, timeout, false)
     }
@@ -150,14 +219,14 @@ impl PySessionLock {
         Ok(false)
     }
 
-    fn __aenter__(&self, py: Python<'_>) -> PyResult<PyAcquire> {
+    fn __aenter__(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         PyAcquire::start(py, &self.inner, &self.key, self.timeout, true)
     }
 
     #[pyo3(signature = (*_exc))]
-    fn __aexit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> Result<PyAcquire> {
+    fn __aexit__(&self, py: Python<'_>, _exc: &Bound<'_, PyTuple>) -> Result<Py<PyAny>> {
         self.release(py)?;
-        Ok(PyAcquire::ready(self.inner.clone(), &self.key, py.None()))
+        Ok(done(py)?)
     }
 
     fn __repr__(&self) -> String {
@@ -170,17 +239,17 @@ impl PySessionLock {
     }
 }
 
-/// The awaitable returned by `acquire_async()` / `__aenter__` (an iterator in the
+/// The awaitable returned by `acquire_async()` / `__aenter__` when it has to wait (an iterator in the
 /// `Future.__await__` protocol: it yields the loop future while waiting).
 #[pyclass(frozen, module = "sessionlock._sessionlock", name = "_Acquire")]
 pub struct PyAcquire {
     inner: Arc<Inner>,
     key: Box<str>,
     owner: Owner,
-    /// None: settled at creation with `ready`.
-    fut: Option<Py<PyAny>>,
+    fut: Py<PyAny>,
     timer: Option<Py<PyAny>>,
-    ready: Option<Py<PyAny>>,
+    /// Our waiter id in the key's queue.
+    id: u64,
     want_context: bool,
     start: Instant,
     /// The outcome was handed to the awaiting coroutine (or cleaned up): nothing to undo.
@@ -188,35 +257,52 @@ pub struct PyAcquire {
 }
 
 impl PyAcquire {
-    fn ready(inner: Arc<Inner>, key: &str, value: Py<PyAny>) -> Self {
-        Self {
-            inner,
-            key: key.into(),
-            owner: Owner::thread(0),
-            fut: None,
-            timer: None,
-            ready: Some(value),
-            want_context: false,
-            start: Instant::now(),
-            settled: AtomicBool::new(true),
-        }
-    }
-
+    /// The awaitable of `acquire_async()` / `__aenter__`: a coroutine that takes the lock
+    /// when it first runs, on behalf of the task that called us. Nothing is taken at call
+    /// time, because a coroutine cancelled before its first step (`wait_for(lock.
+    /// acquire_async(), 0)`, `ensure_future(...)` then `cancel()`) or never awaited runs no
+    /// code at all, so a lock taken eagerly would stay held by a caller told it did not get
+    /// it. The owner is still the caller, so `await wait_for(lock.acquire_async(), t)`
+    /// followed by `lock.release()` works as with an eager acquire.
     pub fn start(
         py: Python<'_>,
         inner: &Arc<Inner>,
         key: &str,
         timeout: Option<f64>,
         want_context: bool,
-    ) -> PyResult<Self> {
+    ) -> PyResult<Py<PyAny>> {
+        static LAZY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
         let (owner, event_loop) = current_owner(py)?;
         let Some(event_loop) = event_loop else {
             return Err(PyRuntimeError::new_err(
                 "acquire_async() / async with need a running event loop",
             ));
         };
-        let settled = |acquired: bool| -> PyResult<Self> {
-            let value = if !acquired {
+        let starter = Starter {
+            inner: inner.clone(),
+            key: key.into(),
+            owner,
+            event_loop: event_loop.unbind(),
+            timeout,
+            want_context,
+        };
+        let code = c"async def lazy(starter):\n    return await starter.start()\n";
+        crate::pyglue::python_helper(py, &LAZY, "lazy", code)?.call1(py, (starter,))
+    }
+
+    /// Takes the lock for `owner` at once if free or re-entered (a settled awaitable), else
+    /// queues it and returns the pending `_Acquire`.
+    fn start_for(
+        py: Python<'_>,
+        inner: &Arc<Inner>,
+        key: &str,
+        owner: Owner,
+        event_loop: &Bound<'_, PyAny>,
+        timeout: Option<f64>,
+        want_context: bool,
+    ) -> PyResult<Py<PyAny>> {
+        let settled = |acquired: bool| -> PyResult<Py<PyAny>> {
+            if !acquired {
                 if want_context {
                     return Err(Error::Timeout(format!(
                         "could not lock session {key:?} within {}s",
@@ -224,20 +310,24 @@ impl PyAcquire {
                     ))
                     .into());
                 }
-                false.into_pyobject(py)?.to_owned().into_any().unbind()
-            } else if want_context {
+                return ready(py, false.into_pyobject(py)?.to_owned().into_any().unbind());
+            }
+            let value = if want_context {
                 PyManager::context(inner, py, key)
             } else {
                 true.into_pyobject(py)?.to_owned().into_any().unbind()
             };
-            Ok(Self::ready(inner.clone(), key, value))
+            ready(py, value)
         };
         // Fast path: free or re-entered, no future needed.
         match inner.locks.acquire(key, owner, false, None, || {
             unreachable!("wait=false never queues")
         }) {
-            Outcome::Acquired { .. } => {
+            Outcome::Acquired { reentered } => {
                 inner.stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
+                if !reentered {
+                    inner.begin_hold(py, key); // reclaims a session that expired before
+                }
                 return settled(true);
             }
             _ if timeout == Some(0.0) => {
@@ -246,31 +336,23 @@ impl PyAcquire {
             }
             _ => {}
         }
-        let fut = event_loop.call_method0("create_future")?;
+        let fut = event_loop.call_method0(pyo3::intern!(py, "create_future"))?;
         let payload = Wake::Task {
             fut: fut.clone().unbind(),
             event_loop: event_loop.clone().unbind(),
         };
         let id = match inner.locks.acquire(key, owner, true, None, move || payload) {
-            Outcome::Acquired { .. } => {
+            Outcome::Acquired { reentered } => {
                 inner.stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
+                if !reentered {
+                    inner.begin_hold(py, key);
+                }
                 return settled(true);
             }
             Outcome::Queued(id) => id,
             Outcome::Busy | Outcome::Deadlock => unreachable!("async waits always queue"),
         };
         inner.stats.lock_contended.fetch_add(1, Ordering::Relaxed);
-        // No other code runs on this loop between the enqueue above and these two calls, so
-        // the future cannot have been cancelled yet; a cross-thread hand-off only schedules.
-        fut.call_method1(
-            "add_done_callback",
-            (WaiterDone {
-                inner: inner.clone(),
-                key: key.into(),
-                id,
-                owner,
-            },),
-        )?;
         let timer = match timeout {
             Some(t) => Some(
                 event_loop
@@ -291,17 +373,18 @@ impl PyAcquire {
             ),
             None => None,
         };
-        Ok(Self {
+        let pending = Self {
             inner: inner.clone(),
             key: key.into(),
             owner,
-            fut: Some(fut.unbind()),
+            fut: fut.unbind(),
             timer,
-            ready: None,
+            id,
             want_context,
             start: Instant::now(),
             settled: AtomicBool::new(false),
-        })
+        };
+        Ok(Bound::new(py, pending)?.into_any().unbind())
     }
 
     fn cancel_timer(&self, py: Python<'_>) {
@@ -310,23 +393,30 @@ impl PyAcquire {
         }
     }
 
-    /// Undoes a wait that will not be consumed: withdraws it, or releases a lock that was
-    /// already handed to it.
+    /// Undoes a wait whose outcome will not be consumed (cancellation or another exception
+    /// thrown into the awaiting coroutine, or the awaitable dropped): withdraws the waiter,
+    /// or passes on a lock that was already handed to it.
     fn abandon(&self, py: Python<'_>) -> PyResult<()> {
         if self.settled.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
         self.cancel_timer(py);
-        let Some(fut) = &self.fut else { return Ok(()) };
-        let fut = fut.bind(py);
-        if !fut.call_method0("done")?.is_truthy()? {
-            // The done-callback withdraws the waiter (or passes on a hand-off).
-            fut.call_method0("cancel")?;
-        } else if !fut.call_method0("cancelled")?.is_truthy()?
-            && fut.call_method0("result")?.is_truthy()?
+        let fut = self.fut.bind(py);
+        if fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()?
+            && !fut
+                .call_method0(pyo3::intern!(py, "cancelled"))?
+                .is_truthy()?
         {
-            self.inner.release(py, &self.key, self.owner)?;
+            // Resolved: True means the lock is ours (hand it on), False means timed out.
+            if fut.call_method0(pyo3::intern!(py, "result"))?.is_truthy()? {
+                self.inner.release(py, &self.key, self.owner)?;
+            }
+            return Ok(());
         }
+        // Pending or cancelled: a hand-off may have happened under the key-lock guard
+        // before its (scheduled) resolution, so ask the queue, not the future.
+        let _ = fut.call_method0(pyo3::intern!(py, "cancel"));
+        self.inner.abandon(py, &self.key, self.id, self.owner);
         Ok(())
     }
 }
@@ -338,20 +428,19 @@ impl PyAcquire {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let Some(fut) = &self.fut else {
-            let value = self
-                .ready
-                .as_ref()
-                .map_or_else(|| py.None(), |v| v.clone_ref(py));
-            return Err(PyStopIteration::new_err((value,)));
-        };
+        let fut = &self.fut;
         let f = fut.bind(py);
-        if !f.call_method0("done")?.is_truthy()? {
-            f.setattr("_asyncio_future_blocking", true)?;
+        if !f.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+            f.setattr(pyo3::intern!(py, "_asyncio_future_blocking"), true)?;
             return Ok(Some(fut.clone_ref(py)));
         }
-        // Raises CancelledError if cancelled; the done-callback has cleaned up then.
-        let acquired = f.call_method0("result")?.is_truthy()?;
+        if f.call_method0(pyo3::intern!(py, "cancelled"))?
+            .is_truthy()?
+        {
+            // Cancelled without going through throw() (someone cancelled the future itself).
+            self.abandon(py)?;
+        }
+        let acquired = f.call_method0(pyo3::intern!(py, "result"))?.is_truthy()?; // raises CancelledError
         if self.settled.swap(true, Ordering::AcqRel) {
             return Err(PyRuntimeError::new_err(
                 "this acquire() awaitable was already awaited",
@@ -374,6 +463,7 @@ impl PyAcquire {
             return Err(PyStopIteration::new_err((false,)));
         }
         stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
+        self.inner.begin_hold(py, &self.key);
         let value = if self.want_context {
             PyManager::context(&self.inner, py, &self.key)
         } else {
@@ -411,33 +501,13 @@ impl PyAcquire {
 
 impl Drop for PyAcquire {
     fn drop(&mut self) {
-        if !*self.settled.get_mut() && self.fut.is_some() {
+        if !*self.settled.get_mut() {
             Python::attach(|py| {
                 if let Err(e) = self.abandon(py) {
                     e.write_unraisable(py, None);
                 }
             });
         }
-    }
-}
-
-/// Done-callback of a waiter's future: a cancelled waiter leaves the queue, and a lock
-/// handed to it just before the cancellation is passed on.
-#[pyclass(frozen, module = "sessionlock._sessionlock")]
-struct WaiterDone {
-    inner: Arc<Inner>,
-    key: Box<str>,
-    id: u64,
-    owner: Owner,
-}
-
-#[pymethods]
-impl WaiterDone {
-    fn __call__(&self, py: Python<'_>, fut: &Bound<'_, PyAny>) -> PyResult<()> {
-        if fut.call_method0("cancelled")?.is_truthy()? {
-            self.inner.abandon(py, &self.key, self.id, self.owner);
-        }
-        Ok(())
     }
 }
 
@@ -459,8 +529,8 @@ impl WaiterTimeout {
         {
             drop(waiter);
             let fut = self.fut.bind(py);
-            if !fut.call_method0("done")?.is_truthy()? {
-                fut.call_method1("set_result", (false,))?;
+            if !fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+                fut.call_method1(pyo3::intern!(py, "set_result"), (false,))?;
             }
         }
         Ok(())

@@ -27,6 +27,8 @@ const SHARDS: usize = 16;
 const SHARD_SHIFT: u32 = 64 - SHARDS.trailing_zeros();
 /// Entries looked at per eviction (Redis uses 5; more gets closer to true LRU).
 const EVICTION_SAMPLES: usize = 8;
+/// Shards sampled per eviction; the oldest candidate among them is evicted.
+const EVICTION_SHARDS: usize = 4;
 
 /// Monotonic nanoseconds since the first call in this process.
 #[must_use]
@@ -57,8 +59,108 @@ impl Ttl {
     }
 }
 
+/// A stored session id. Canonical uuid4 strings (what `create_session` makes, and what
+/// most callers pass) are packed into 16 inline bytes: no heap allocation per session, and
+/// a lookup compares 16 bytes in the slot instead of following a pointer. Any other string
+/// is boxed. A given string always takes the same form, so forms never need to compare.
+#[derive(Clone, PartialEq, Eq)]
+enum Key {
+    Uuid([u8; 16]),
+    Str(Box<str>),
+}
+
+#[derive(Clone, Copy)]
+enum KeyRef<'a> {
+    Uuid([u8; 16]),
+    Str(&'a str),
+}
+
+impl<'a> KeyRef<'a> {
+    fn new(s: &'a str) -> Self {
+        parse_uuid(s).map_or(KeyRef::Str(s), KeyRef::Uuid)
+    }
+}
+
+/// Parses the lowercase hyphenated form only (so that formatting gives the same string back).
+/// Table-driven and branch-light: it runs on every lookup.
+fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    const INVALID: u8 = 0xFF;
+    static HEX: [u8; 256] = {
+        let mut t = [INVALID; 256];
+        let mut c = 0;
+        while c < 10 {
+            t[b'0' as usize + c] = c as u8;
+            c += 1;
+        }
+        let mut c = 0;
+        while c < 6 {
+            t[b'a' as usize + c] = 10 + c as u8;
+            c += 1;
+        }
+        t
+    };
+    // Offsets of the 16 byte pairs in "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx".
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    let b = s.as_bytes();
+    if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    let mut bad = 0u8;
+    for (o, &i) in out.iter_mut().zip(AT.iter()) {
+        let (hi, lo) = (HEX[b[i] as usize], HEX[b[i + 1] as usize]);
+        bad |= hi | lo;
+        *o = (hi << 4) | (lo & 0x0F);
+    }
+    // Valid nibbles are < 16; INVALID sets the high bits.
+    (bad & 0xF0 == 0).then_some(out)
+}
+
+impl Key {
+    fn from_ref(k: KeyRef<'_>) -> Self {
+        match k {
+            KeyRef::Uuid(u) => Key::Uuid(u),
+            KeyRef::Str(s) => Key::Str(s.into()),
+        }
+    }
+
+    fn as_ref(&self) -> KeyRef<'_> {
+        match self {
+            Key::Uuid(u) => KeyRef::Uuid(*u),
+            Key::Str(s) => KeyRef::Str(s),
+        }
+    }
+
+    fn matches(&self, k: KeyRef<'_>) -> bool {
+        match (self, k) {
+            (Key::Uuid(a), KeyRef::Uuid(b)) => *a == b,
+            (Key::Str(a), KeyRef::Str(b)) => &**a == b,
+            _ => false,
+        }
+    }
+
+    fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
+        match self {
+            Key::Uuid(u) => {
+                let mut buf = uuid::Uuid::encode_buffer();
+                f(uuid::Uuid::from_bytes(*u)
+                    .hyphenated()
+                    .encode_lower(&mut buf))
+            }
+            Key::Str(s) => f(s),
+        }
+    }
+
+    fn into_box(self) -> Box<str> {
+        match self {
+            Key::Str(s) => s,
+            Key::Uuid(_) => self.with_str(|s| Box::from(s)),
+        }
+    }
+}
+
 struct Slot<V> {
-    key: Box<str>,
+    key: Key,
     value: V,
     created: u64,
     /// Updated under the shard's *read* lock, hence atomic.
@@ -122,9 +224,18 @@ impl<V> Store<V> {
     }
 
     #[inline]
-    fn locate(&self, key: &str) -> (u64, &RwLock<HashTable<Slot<V>>>) {
-        let hash = self.hasher.hash_one(key);
-        (hash, &self.shards[(hash >> SHARD_SHIFT) as usize])
+    fn hash_of(&self, k: KeyRef<'_>) -> u64 {
+        match k {
+            KeyRef::Uuid(u) => self.hasher.hash_one(u128::from_ne_bytes(u)),
+            KeyRef::Str(s) => self.hasher.hash_one(s),
+        }
+    }
+
+    #[inline]
+    fn locate<'k>(&self, key: &'k str) -> (KeyRef<'k>, u64, &RwLock<HashTable<Slot<V>>>) {
+        let k = KeyRef::new(key);
+        let hash = self.hash_of(k);
+        (k, hash, &self.shards[(hash >> SHARD_SHIFT) as usize])
     }
 
     /// Number of stored entries, including expired ones not yet reclaimed.
@@ -148,15 +259,16 @@ impl<V> Store<V> {
         touch: bool,
         f: impl FnOnce(&V) -> R,
     ) -> Get<R> {
-        let (hash, shard) = self.locate(key);
+        let (k, hash, shard) = self.locate(key);
         let table = shard.read();
-        match table.find(hash, |s| &*s.key == key) {
+        match table.find(hash, |s| s.key.matches(k)) {
             None => Get::Miss,
             Some(slot) if ttl.is_enabled() && ttl.expired(slot, now) => {
                 Get::Expired(f(&slot.value))
             }
             Some(slot) => {
-                if touch {
+                // now == 0: the manager keeps no clock (no TTL, no LRU), so don't dirty the line.
+                if touch && now != 0 {
                     slot.accessed.store(now, Ordering::Relaxed);
                 }
                 Get::Hit(f(&slot.value))
@@ -175,10 +287,10 @@ impl<V> Store<V> {
         held: Held<'_>,
         overwrite: bool,
     ) -> Insert<V> {
-        let (hash, shard) = self.locate(key);
+        let (k, hash, shard) = self.locate(key);
         let mut table = shard.write();
-        let hasher = |s: &Slot<V>| self.hasher.hash_one(&*s.key);
-        match table.entry(hash, |s| &*s.key == key, hasher) {
+        let hasher = |s: &Slot<V>| self.hash_of(s.key.as_ref());
+        match table.entry(hash, |s| s.key.matches(k), hasher) {
             Entry::Occupied(mut e) => {
                 let slot = e.get_mut();
                 if ttl.is_enabled() && ttl.expired(slot, now) && !held(key) {
@@ -186,7 +298,7 @@ impl<V> Store<V> {
                     slot.created = now;
                     *slot.accessed.get_mut() = now;
                     Insert::Inserted {
-                        expired: Some((slot.key.clone(), old)),
+                        expired: Some((key.into(), old)),
                     }
                 } else if overwrite {
                     *slot.accessed.get_mut() = now;
@@ -199,7 +311,7 @@ impl<V> Store<V> {
             }
             Entry::Vacant(e) => {
                 e.insert(Slot {
-                    key: key.into(),
+                    key: Key::from_ref(k),
                     value,
                     created: now,
                     accessed: AtomicU64::new(now),
@@ -210,8 +322,10 @@ impl<V> Store<V> {
         }
     }
 
-    /// Replaces the value of a live entry, giving back the old one; `Err(value)` if the key
-    /// is absent (or expired and not held), in which case nothing changes.
+    /// Replaces the value of a live entry, giving back the old one, if `expected` accepts the
+    /// current value (a compare-and-swap; `expected` must not run foreign code). `Err(value)`
+    /// if the key is absent (or expired and not held) or holds another value, in which case
+    /// nothing changes.
     pub fn replace_existing(
         &self,
         key: &str,
@@ -219,11 +333,15 @@ impl<V> Store<V> {
         now: u64,
         ttl: Ttl,
         held: Held<'_>,
+        expected: impl FnOnce(&V) -> bool,
     ) -> Result<V, V> {
-        let (hash, shard) = self.locate(key);
+        let (k, hash, shard) = self.locate(key);
         let mut table = shard.write();
-        match table.find_mut(hash, |s| &*s.key == key) {
-            Some(slot) if !(ttl.is_enabled() && ttl.expired(slot, now) && !held(key)) => {
+        match table.find_mut(hash, |s| s.key.matches(k)) {
+            Some(slot)
+                if !(ttl.is_enabled() && ttl.expired(slot, now) && !held(key))
+                    && expected(&slot.value) =>
+            {
                 *slot.accessed.get_mut() = now;
                 Ok(std::mem::replace(&mut slot.value, value))
             }
@@ -232,16 +350,16 @@ impl<V> Store<V> {
     }
 
     pub fn remove(&self, key: &str, now: u64, ttl: Ttl, held: Held<'_>) -> Remove<V> {
-        let (hash, shard) = self.locate(key);
+        let (k, hash, shard) = self.locate(key);
         let mut table = shard.write();
-        let Ok(entry) = table.find_entry(hash, |s| &*s.key == key) else {
+        let Ok(entry) = table.find_entry(hash, |s| s.key.matches(k)) else {
             return Remove::Missing;
         };
         let expired = ttl.is_enabled() && ttl.expired(entry.get(), now) && !held(key);
         let (slot, _) = entry.remove();
         self.len.fetch_sub(1, Ordering::Relaxed);
         if expired {
-            Remove::Expired(slot.key, slot.value)
+            Remove::Expired(slot.key.into_box(), slot.value)
         } else {
             Remove::Removed(slot.value)
         }
@@ -258,15 +376,15 @@ impl<V> Store<V> {
         if !ttl.is_enabled() {
             return None;
         }
-        let (hash, shard) = self.locate(key);
+        let (k, hash, shard) = self.locate(key);
         let mut table = shard.write();
-        let entry = table.find_entry(hash, |s| &*s.key == key).ok()?;
+        let entry = table.find_entry(hash, |s| s.key.matches(k)).ok()?;
         if !ttl.expired(entry.get(), now) || held(key) {
             return None;
         }
         let (slot, _) = entry.remove();
         self.len.fetch_sub(1, Ordering::Relaxed);
-        Some((slot.key, slot.value))
+        Some((slot.key.into_box(), slot.value))
     }
 
     /// Refreshes the idle clock of `key`.
@@ -292,44 +410,55 @@ impl<V> Store<V> {
         }
         let mut table = shard.write();
         let out: Vec<_> = table
-            .extract_if(|s| ttl.expired(s, now) && !held(&s.key))
-            .map(|s| (s.key, s.value))
+            .extract_if(|s| ttl.expired(s, now) && !s.key.with_str(held))
+            .map(|s| (s.key.into_box(), s.value))
             .collect();
         self.len.fetch_sub(out.len(), Ordering::Relaxed);
         out
     }
 
     /// Removes an approximately least-recently-used entry that is not held: samples a few
-    /// entries from a random position of a random shard and evicts the oldest.
+    /// entries at a random position in each of several random shards (Redis-style sampled
+    /// LRU) and evicts the oldest of them, if nobody touched it since it was sampled.
     pub fn evict_one(&self, held: Held<'_>) -> Option<(Box<str>, V)> {
-        for attempt in 0..SHARDS * 2 {
-            let r = self.next_random();
-            let shard = &self.shards[(r as usize).wrapping_add(attempt) % SHARDS];
-            let victim = {
-                let table = shard.read();
+        // A few sampled rounds, then one pass over every shard so that an entry is found
+        // whenever an unheld one exists.
+        for round in 0..=SHARDS {
+            let full = round == SHARDS;
+            let mut best: Option<(usize, Key, u64)> = None;
+            for probe in 0..(if full { SHARDS } else { EVICTION_SHARDS }) {
+                let r = self.next_random();
+                let index = if full { probe } else { (r as usize) % SHARDS };
+                let table = self.shards[index].read();
                 let n = table.len();
                 if n == 0 {
                     continue;
                 }
                 let start = ((r >> 32) as usize) % n;
-                table
+                let candidate = table
                     .iter()
                     .skip(start)
                     .chain(table.iter())
                     .take(EVICTION_SAMPLES.min(n))
-                    .filter(|s| !held(&s.key))
-                    .min_by_key(|s| s.accessed.load(Ordering::Relaxed))
-                    .map(|s| (s.key.clone(), s.accessed.load(Ordering::Relaxed)))
+                    .filter(|s| !s.key.with_str(held))
+                    .map(|s| (s.accessed.load(Ordering::Relaxed), s))
+                    .min_by_key(|(seen, _)| *seen);
+                if let Some((seen, slot)) = candidate {
+                    if best.as_ref().is_none_or(|(_, _, b)| seen < *b) {
+                        best = Some((index, slot.key.clone(), seen));
+                    }
+                }
+            }
+            let Some((index, key, seen)) = best else {
+                continue;
             };
-            let Some((key, seen)) = victim else { continue };
-            let hash = self.hasher.hash_one(&*key);
-            let mut table = shard.write();
+            let hash = self.hash_of(key.as_ref());
+            let mut table = self.shards[index].write();
             if let Ok(entry) = table.find_entry(hash, |s| s.key == key) {
-                // Evict only if nobody touched or pinned it since it was sampled.
-                if entry.get().accessed.load(Ordering::Relaxed) == seen && !held(&key) {
+                if entry.get().accessed.load(Ordering::Relaxed) == seen && !key.with_str(held) {
                     let (slot, _) = entry.remove();
                     self.len.fetch_sub(1, Ordering::Relaxed);
-                    return Some((slot.key, slot.value));
+                    return Some((slot.key.into_box(), slot.value));
                 }
             }
         }
@@ -344,8 +473,8 @@ impl<V> Store<V> {
             out.extend(
                 table
                     .iter()
-                    .filter(|s| !(ttl.is_enabled() && ttl.expired(s, now)) || held(&s.key))
-                    .map(|s| s.key.to_string()),
+                    .filter(|s| !(ttl.is_enabled() && ttl.expired(s, now)) || s.key.with_str(held))
+                    .map(|s| s.key.with_str(str::to_owned)),
             );
         }
         out
@@ -357,7 +486,7 @@ impl<V> Store<V> {
         for shard in &*self.shards {
             let taken = std::mem::take(&mut *shard.write());
             self.len.fetch_sub(taken.len(), Ordering::Relaxed);
-            out.extend(taken.into_iter().map(|s| (s.key, s.value)));
+            out.extend(taken.into_iter().map(|s| (s.key.into_box(), s.value)));
         }
         out
     }
@@ -438,7 +567,12 @@ mod tests {
         ));
         let pinned = |k: &str| k == "a";
         assert!(s.remove_if_expired("a", 200, ttl, &pinned).is_none());
-        assert!(s.replace_existing("a", 7, 200, ttl, &pinned).is_ok());
+        assert!(s
+            .replace_existing("a", 8, 200, ttl, &pinned, |v| *v == 2)
+            .is_err());
+        assert!(s
+            .replace_existing("a", 7, 200, ttl, &pinned, |v| *v == 1)
+            .is_ok());
         assert_eq!(s.purge_shard(0, 400, ttl, &pinned).len() + s.len(), 1);
         let mut purged = 0;
         for i in 0..s.shard_count() {
@@ -481,6 +615,37 @@ mod tests {
         assert_eq!(s.len(), 3);
         let all_held = |_: &str| true;
         assert!(s.evict_one(&all_held).is_none());
+    }
+
+    #[test]
+    fn uuid_keys_round_trip_and_stay_distinct_from_other_forms() {
+        let s: Store<u32> = Store::new();
+        let canon = "0b9d7c3e-4f1a-4c2b-9d8e-7f6a5b4c3d2e";
+        let upper = "0B9D7C3E-4F1A-4C2B-9D8E-7F6A5B4C3D2E";
+        assert!(parse_uuid(canon).is_some());
+        assert!(
+            parse_uuid(upper).is_none(),
+            "only the canonical form is packed"
+        );
+        assert!(parse_uuid("0b9d7c3e-4f1a-4c2b-9d8e-7f6a5b4c3d2").is_none());
+        assert!(parse_uuid("0b9d7c3e_4f1a-4c2b-9d8e-7f6a5b4c3d2e").is_none());
+        s.insert(canon, 1, 1, NONE, &never, false);
+        s.insert(upper, 2, 1, NONE, &never, false);
+        assert!(matches!(s.get(canon, 1, NONE, false, |v| *v), Get::Hit(1)));
+        assert!(matches!(s.get(upper, 1, NONE, false, |v| *v), Get::Hit(2)));
+        let mut keys = s.keys(1, NONE, &never);
+        keys.sort();
+        assert_eq!(keys, vec![upper.to_string(), canon.to_string()]);
+        let seen = std::cell::RefCell::new(Vec::new());
+        let held = |k: &str| {
+            seen.borrow_mut().push(k.to_string());
+            true
+        };
+        assert!(s.evict_one(&held).is_none());
+        assert!(
+            seen.borrow().iter().any(|k| k == canon),
+            "held() sees the original string"
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import signal
 import sqlite3
 import threading
 import time
@@ -276,6 +277,47 @@ def test_handoff_to_a_thread_waiter_is_fast(lk: RedisLock) -> None:
     assert lat[len(lat) // 2] < 0.05, lat
 
 
+def test_signal_interrupts_a_wait_and_leaves_the_queue(lk: RedisLock) -> None:
+    key = new_key()
+    h = lk.acquire(key)
+
+    class Interrupted(Exception):
+        pass
+
+    def handler(signum: int, frame: object) -> None:
+        raise Interrupted
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.2)
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(Interrupted):
+            lk.acquire(key, wait=10)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert time.monotonic() - t0 < 2
+    h.release()
+    # the interrupted waiter withdrew from the queue, so nobody was handed the lock
+    again = lk.try_acquire(key)
+    assert again
+    again.release()
+
+
+def test_a_waiting_thread_releases_the_gil(lk: RedisLock) -> None:
+    key = new_key()
+    h = lk.acquire(key)
+    t = threading.Thread(target=lambda: lk.acquire(key, wait=0.5))
+    t.start()
+    n = 0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 0.3:
+        n += 1
+    t.join()
+    h.release()
+    assert n > 10_000
+
+
 def test_waiter_wakes_when_crashed_holders_lease_ends(lk: RedisLock, redis_url: str) -> None:
     key = new_key()
     ready = SPAWN.Event()
@@ -413,6 +455,24 @@ def test_await_acquire_and_timeout(lk: RedisLock) -> None:
         h.release()
 
     asyncio.run(main())
+
+
+def test_logging_sync_and_async(lk: RedisLock, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="sessionlock")
+    key = new_key()
+    with lk.acquire(key) as h:
+        assert not lk.try_acquire(key)
+
+    async def main() -> None:
+        async with lk.acquire(key):
+            pass
+
+    asyncio.run(main())
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert f"acquired {h.key!r}".replace("'", '"') in text
+    assert "fencing_token=" in text and "waited=" in text
+    assert "waiting for" in text and h.token in text  # the holder is named
+    assert text.count("released") >= 2  # the sync and the async release
 
 
 def test_sync_use_inside_loop_warns_once(lk: RedisLock, caplog: pytest.LogCaptureFixture) -> None:
@@ -591,6 +651,23 @@ def test_quick_restart_reconnects_without_fallback(caplog: pytest.LogCaptureFixt
             assert h.backend == "redis"
         assert asyncio.run(one()) == "redis"
         assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
+    finally:
+        srv.stop()
+
+
+def test_leaving_with_while_redis_is_down_warns_and_does_not_raise(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sessionlock")
+    srv = RedisServer()
+    srv.start()
+    try:
+        lk = RedisLock(srv.url, ttl=5, connect_timeout=0.3)
+        with lk.acquire(new_key()) as h:
+            assert h.backend == "redis"
+            srv.stop()
+        assert not h.lost
+        assert any("could not release" in r.getMessage() for r in caplog.records)
     finally:
         srv.stop()
 

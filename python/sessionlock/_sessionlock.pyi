@@ -35,14 +35,6 @@ class LockDeadlock(SessionLockError, RuntimeError):
 class SessionCorrupted(SessionLockError, ValueError):
     """A stored session value failed its signature check or could not be decoded."""
 
-class _Acquire(Generic[_T]):
-    """Awaitable returned by ``SessionLock.acquire_async()`` and ``__aenter__``."""
-
-    def __await__(self) -> Generator[Any, None, _T]: ...
-    def __next__(self) -> Any: ...
-    def throw(self, typ: Any, val: Any = None, _tb: Any = None, /) -> None: ...
-    def close(self) -> None: ...
-
 @final
 class SessionLock(Generic[_C]):
     """The lock of one session, shared by threads and asyncio tasks.
@@ -69,7 +61,7 @@ class SessionLock(Generic[_C]):
     def locked(self) -> bool:
         """Whether anyone holds the lock."""
     def _is_owned(self) -> bool: ...
-    def acquire_async(self, timeout: float | None = None) -> _Acquire[bool]:
+    def acquire_async(self, timeout: float | None = None) -> Awaitable[bool]:
         """Awaitable that takes the lock without blocking the event loop; resolves to True,
         or False if ``timeout`` seconds pass first. Cancelling the await leaves no trace.
         Raises RuntimeError when no event loop is running."""
@@ -77,9 +69,9 @@ class SessionLock(Generic[_C]):
         """Acquire (bounded by ``lock(timeout=...)``) and return the session's context or None.
         Raises LockTimeout when the wait runs out."""
     def __exit__(self, *exc: object) -> bool: ...
-    def __aenter__(self) -> _Acquire[_C | None]:
+    def __aenter__(self) -> Awaitable[_C | None]:
         """Like ``__enter__`` for ``async with``; never blocks the event loop."""
-    def __aexit__(self, *exc: object) -> _Acquire[None]: ...
+    def __aexit__(self, *exc: object) -> Awaitable[None]: ...
 
 class BaseSessionManager(Generic[_C]):
     """In-process, concurrent store of per-session Python objects.
@@ -122,8 +114,10 @@ class BaseSessionManager(Generic[_C]):
         """Store ``context`` and return the previous live context (None if it was absent)."""
     def update(self, session_id: str, fn: Callable[[_C], _C]) -> _C:
         """Atomic read-modify-write under the session's lock: stores and returns ``fn(ctx)``.
-        Raises SessionNotFound if the session is absent or deleted meanwhile (nothing is
-        resurrected); re-enters when the caller already holds ``lock(session_id)``."""
+        Raises SessionNotFound if the session is absent, or was deleted or replaced (by a
+        writer that does not take the lock) while ``fn`` ran: then nothing is written, so no
+        old state is resurrected over a newer value. Re-enters when the caller already holds
+        ``lock(session_id)``."""
     def delete_session(self, session_id: str) -> bool:
         """Remove the session; True if it existed."""
     @overload

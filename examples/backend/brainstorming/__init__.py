@@ -1,0 +1,1 @@
+"""brainstorming: shared sessions joined by id, written by sync and async endpoints."""

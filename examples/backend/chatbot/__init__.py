@@ -1,0 +1,1 @@
+"""chatbot: async endpoints that read the history, await the LLM, and append."""

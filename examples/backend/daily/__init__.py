@@ -1,0 +1,1 @@
+"""daily: an FSM questionnaire (mood, sleep, activity, reflection) with sync endpoints."""

@@ -1,0 +1,402 @@
+"""BaseSessionManager against the designs it replaces, measured in one run.
+
+Run: ``make bench`` (or ``python tests/benchmarks/bench_manager.py [--quick]``).
+
+The replaced designs are re-implemented here as the backend wrote them (see
+shared/seeds/concurrency-issues.md):
+  (a) dict + one threading.Lock             (the "global lock" option)
+  (b) dict + defaultdict(RLock) per session (the "per-session lock" option)
+  (c) the proposed base class with the double-checked _safe_get_or_create
+  (d) a bare dict behind the same method interface (no safety at all)
+and, for async, one asyncio.Lock per session. Ratios > 1 mean sessionlock is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import sys
+import threading
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from threading import RLock
+from typing import Any
+
+import psutil
+
+from sessionlock import BaseSessionManager
+
+# --------------------------------------------------------------------------- old designs
+
+
+class BareDict:
+    def __init__(self) -> None:
+        self._sessions: dict[str, Any] = {}
+
+    def create_session(self, ctx: Any) -> str:
+        sid = str(uuid.uuid4())
+        self._sessions[sid] = ctx
+        return sid
+
+    def get_session(self, sid: str) -> Any:
+        return self._sessions.get(sid)
+
+    def get_or_create(self, sid: str, factory: Callable[[], Any]) -> Any:
+        if sid not in self._sessions:
+            self._sessions[sid] = factory()
+        return self._sessions[sid]
+
+    def update(self, sid: str, fn: Callable[[Any], Any]) -> Any:
+        new = fn(self._sessions[sid])
+        self._sessions[sid] = new
+        return new
+
+
+class GlobalLock:
+    def __init__(self) -> None:
+        self._sessions: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def create_session(self, ctx: Any) -> str:
+        with self._lock:
+            sid = str(uuid.uuid4())
+            self._sessions[sid] = ctx
+            return sid
+
+    def get_session(self, sid: str) -> Any:
+        with self._lock:
+            return self._sessions.get(sid)
+
+    def get_or_create(self, sid: str, factory: Callable[[], Any]) -> Any:
+        with self._lock:
+            if sid not in self._sessions:
+                self._sessions[sid] = factory()
+            return self._sessions[sid]
+
+    def update(self, sid: str, fn: Callable[[Any], Any]) -> Any:
+        with self._lock:
+            new = fn(self._sessions[sid])
+            self._sessions[sid] = new
+            return new
+
+
+class PerSessionRLock:
+    def __init__(self) -> None:
+        self._sessions: dict[str, Any] = {}
+        self._session_locks: defaultdict[str, Any] = defaultdict(RLock)
+        self._global_lock = RLock()
+
+    def create_session(self, ctx: Any) -> str:
+        sid = str(uuid.uuid4())
+        with self._session_locks[sid], self._global_lock:
+            self._sessions[sid] = ctx
+        return sid
+
+    def get_session(self, sid: str) -> Any:
+        with self._session_locks[sid]:
+            return self._sessions.get(sid)
+
+    def get_or_create(self, sid: str, factory: Callable[[], Any]) -> Any:
+        with self._session_locks[sid]:
+            if sid not in self._sessions:
+                with self._global_lock:
+                    self._sessions[sid] = factory()
+            return self._sessions[sid]
+
+    def update(self, sid: str, fn: Callable[[Any], Any]) -> Any:
+        with self._session_locks[sid]:
+            new = fn(self._sessions[sid])
+            self._sessions[sid] = new
+            return new
+
+
+class OldBaseClass(PerSessionRLock):
+    """The proposed BaseSessionManager of the incident notes (option 3)."""
+
+    def _safe_get_or_create(self, sid: str, factory_func: Callable[[], Any]) -> Any:
+        with self._session_locks[sid]:
+            if sid not in self._sessions:
+                with self._global_lock:
+                    if sid not in self._sessions:
+                        self._sessions[sid] = factory_func()
+            return self._sessions[sid]
+
+    def create_session(self, ctx: Any) -> str:
+        sid = str(uuid.uuid4())
+        self._safe_get_or_create(sid, lambda: ctx)
+        return sid
+
+    def get_or_create(self, sid: str, factory: Callable[[], Any]) -> Any:
+        return self._safe_get_or_create(sid, factory)
+
+    def update(self, sid: str, fn: Callable[[Any], Any]) -> Any:
+        # The old class had no update(): callers locked the session and wrote back.
+        with self._session_locks[sid]:
+            current = self._safe_get_or_create(sid, dict)
+            with self._global_lock:
+                new = fn(current)
+                self._sessions[sid] = new
+            return new
+
+
+DESIGNS: dict[str, Callable[[], Any]] = {
+    "sessionlock": BaseSessionManager,
+    "(a) dict+Lock": GlobalLock,
+    "(b) dict+RLock/session": PerSessionRLock,
+    "(c) old base class": OldBaseClass,
+    "(d) bare dict": BareDict,
+}
+
+# --------------------------------------------------------------------------- workloads
+
+
+def best_of(runs: int, fn: Callable[[], float]) -> float:
+    """Best throughput of several runs (the least disturbed by the noisy machine)."""
+    return max(fn() for _ in range(runs))
+
+
+def w_get(make: Callable[[], Any], n_sessions: int, n_ops: int) -> float:
+    m = make()
+    ids = [m.create_session({"n": 0}) for _ in range(n_sessions)]
+    keys = (ids * (n_ops // n_sessions + 1))[:n_ops]
+    get = m.get_session
+    t0 = time.perf_counter()
+    for k in keys:
+        get(k)
+    return n_ops / (time.perf_counter() - t0)
+
+
+def w_create(make: Callable[[], Any], n_ops: int) -> float:
+    m = make()
+    create = m.create_session
+    ctx: dict[str, int] = {}
+    t0 = time.perf_counter()
+    for _ in range(n_ops):
+        create(ctx)
+    return n_ops / (time.perf_counter() - t0)
+
+
+def run_threads(n_threads: int, body: Callable[[int], None]) -> float:
+    barrier = threading.Barrier(n_threads + 1)
+
+    def worker(i: int) -> None:
+        barrier.wait()
+        body(i)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
+def w_get_or_create(make: Callable[[], Any], n_threads: int, n_ops: int) -> float:
+    m = make()
+    keys = [f"user-{i}" for i in range(n_ops // 8)]  # each key asked ~8 times across threads
+    per = n_ops // n_threads
+
+    def body(i: int) -> None:
+        goc = m.get_or_create
+        for j in range(per):
+            goc(keys[(j * 7 + i * 13) % len(keys)], dict)
+
+    return per * n_threads / run_threads(n_threads, body)
+
+
+def w_update(make: Callable[[], Any], n_threads: int, n_ops: int) -> tuple[float, int]:
+    m = make()
+    keys = [f"s{i}" for i in range(16)]
+    for k in keys:
+        m.get_or_create(k, lambda: 0)
+    per = n_ops // n_threads
+
+    def inc(v: int) -> int:
+        return v + 1
+
+    def body(i: int) -> None:
+        upd = m.update
+        for j in range(per):
+            upd(keys[(i + j) % len(keys)], inc)
+
+    elapsed = run_threads(n_threads, body)
+    total = sum(m.get_or_create(k, lambda: 0) for k in keys)
+    return per * n_threads / elapsed, per * n_threads - total
+
+
+def w_async(n_tasks: int, rounds: int, n_sessions: int, use_sessionlock: bool) -> tuple[float, int]:
+    keys = [f"chat-{i}" for i in range(n_sessions)]
+
+    async def main() -> tuple[float, int]:
+        if use_sessionlock:
+            mgr: BaseSessionManager[dict[str, int]] = BaseSessionManager()
+            for k in keys:
+                mgr.insert_session(k, {"n": 0})
+
+            async def task(i: int) -> None:
+                k = keys[i % len(keys)]
+                for _ in range(rounds):
+                    async with mgr.lock(k) as ctx:
+                        assert ctx is not None
+                        v = ctx["n"]
+                        await asyncio.sleep(0)  # the awaited LLM call
+                        ctx["n"] = v + 1
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(task(i) for i in range(n_tasks)))
+            dt = time.perf_counter() - t0
+            total = sum(c["n"] for c in (mgr.get_session(k) for k in keys) if c)
+        else:
+            sessions = {k: {"n": 0} for k in keys}
+            locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+            guard = threading.Lock()  # brainstorming's pairing: threading.Lock + asyncio.Lock
+
+            def lock_for(k: str) -> asyncio.Lock:
+                with guard:
+                    return locks[k]
+
+            async def task(i: int) -> None:
+                k = keys[i % len(keys)]
+                for _ in range(rounds):
+                    async with lock_for(k):
+                        ctx = sessions[k]
+                        v = ctx["n"]
+                        await asyncio.sleep(0)
+                        ctx["n"] = v + 1
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(task(i) for i in range(n_tasks)))
+            dt = time.perf_counter() - t0
+            total = sum(c["n"] for c in sessions.values())
+        return n_tasks * rounds / dt, n_tasks * rounds - total
+
+    return asyncio.run(main())
+
+
+def rss() -> int:
+    gc.collect()
+    return int(psutil.Process(os.getpid()).memory_info().rss)
+
+
+def w_memory_subprocess(name: str, n: int) -> tuple[float, int]:
+    """Runs w_memory in a fresh interpreter: RSS deltas are meaningless in a process whose
+    allocator already holds freed memory from earlier workloads."""
+    import subprocess
+
+    out = subprocess.run(
+        [sys.executable, __file__, "--memory", name, str(n)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    return float(out[0]), int(out[1])
+
+
+def w_memory(make: Callable[[], Any], n: int) -> tuple[float, int]:
+    """Bytes per session beyond the (shared) context, and lock objects left when idle."""
+    ctx = object()
+    ids = [str(uuid.uuid4()) for _ in range(n)]  # ids allocated before measuring
+    before = rss()
+    m = make()
+    for sid in ids:
+        if isinstance(m, BaseSessionManager):
+            m.insert_session(sid, ctx)
+            with m.lock(sid):
+                pass
+        else:
+            m.get_or_create(sid, lambda: ctx)
+    after = rss()
+    if isinstance(m, BaseSessionManager):
+        left = m.stats()["locks"]
+    else:
+        left = len(getattr(m, "_session_locks", {}))
+    per = (after - before) / n
+    del m
+    return per, left
+
+
+# --------------------------------------------------------------------------- report
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
+    ap.add_argument("--memory", nargs=2, metavar=("DESIGN", "N"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.memory:
+        memory_main(args.memory[0], int(args.memory[1]))
+        return
+    scale = 0.1 if args.quick else 1.0
+    n = int(200_000 * scale)
+    runs = 3
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cores, best of {runs} runs")
+    print()
+    rows: list[tuple[str, dict[str, float]]] = []
+
+    def measure(label: str, fn: Callable[[Callable[[], Any]], float]) -> None:
+        res = {name: best_of(runs, lambda make=make: fn(make)) for name, make in DESIGNS.items()}
+        rows.append((label, res))
+
+    measure("get hit, 1 thread, 100k sessions", lambda mk: w_get(mk, int(100_000 * scale), n))
+    measure("create_session", lambda mk: w_create(mk, n))
+    measure("get_or_create, 8 threads", lambda mk: w_get_or_create(mk, 8, n))
+
+    lost: dict[str, int] = {}
+
+    def upd(mk: Callable[[], Any]) -> float:
+        ops, lost_now = w_update(mk, 8, n // 2)
+        name = next(k for k, v in DESIGNS.items() if v is mk)
+        lost[name] = max(lost.get(name, 0), lost_now)
+        return ops
+
+    measure("update (read-modify-write), 8 threads", upd)
+
+    names = list(DESIGNS)
+    head = f"{'workload (ops/s; ratio = sessionlock / design)':42}" + "".join(
+        f"{x:>24}" for x in names
+    )
+    print(head)
+    print("-" * len(head))
+    for label, res in rows:
+        ours = res["sessionlock"]
+        cells = [f"{ours:>24,.0f}"] + [
+            f"{res[x]:>12,.0f} ({ours / res[x]:4.2f}x)".rjust(24) for x in names[1:]
+        ]
+        print(f"{label:42}" + "".join(cells))
+    print("lost updates in the update run: " + ", ".join(f"{k}: {v}" for k, v in lost.items()))
+    print()
+
+    n_tasks, rounds = 1000, max(2, int(20 * scale))
+    for n_sessions, what in ((8, "8 hot sessions"), (n_tasks, "one session per task")):
+        ours_a = [w_async(n_tasks, rounds, n_sessions, True) for _ in range(runs)]
+        theirs_a = [w_async(n_tasks, rounds, n_sessions, False) for _ in range(runs)]
+        o = max(r[0] for r in ours_a)
+        t = max(r[0] for r in theirs_a)
+        print(
+            f"async read-modify-write across an await, {n_tasks} tasks x {rounds}, {what}: "
+            f"sessionlock {o:,.0f}/s (lost {max(r[1] for r in ours_a)}), "
+            f"asyncio.Lock per session {t:,.0f}/s (lost {max(r[1] for r in theirs_a)}): "
+            f"{o / t:.2f}x"
+        )
+    print()
+
+    n_mem = int(100_000 * scale)
+    print(f"memory, {n_mem:,} sessions (one shared context), each locked once, fresh process:")
+    for name in ("sessionlock", "(b) dict+RLock/session", "(c) old base class", "(d) bare dict"):
+        per, left = w_memory_subprocess(name, n_mem)
+        print(f"  {name:24} {per:8.1f} bytes/session   lock objects left when idle: {left:,}")
+
+
+def memory_main(name: str, n: int) -> None:
+    per, left = w_memory(DESIGNS[name], n)
+    print(per, left)
+
+
+if __name__ == "__main__":
+    main()
