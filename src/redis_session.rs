@@ -389,8 +389,8 @@ impl State {
         self.signer.seal(key.as_bytes(), payload)
     }
 
-    fn encode(&self, py: Python<'_>, key: &str, obj: &Bound<'_, PyAny>) -> Result<Vec<u8>> {
-        let _ = py;
+    /// Codec (Python code: no Rust lock held) then signature.
+    fn encode(&self, key: &str, obj: &Bound<'_, PyAny>) -> Result<Vec<u8>> {
         Ok(self.seal(key, &self.codec.encode(obj)?))
     }
 
@@ -759,7 +759,7 @@ impl PyRedisSessionManager {
         kw.set_item("fallback", "raise")?;
         let lock = py
             .get_type::<PyRedisLock>()
-            .call((target_url_arg(url),), Some(&kw))?
+            .call((url,), Some(&kw))?
             .cast_into::<PyRedisLock>()
             .map_err(PyErr::from)?
             .unbind();
@@ -830,7 +830,7 @@ impl PyRedisSessionManager {
         let sid = sid_of(session_id)?;
         let st = self.st()?;
         let key = st.key(sid);
-        let body = st.encode(py, &key, context)?;
+        let body = st.encode(&key, context)?;
         Ok(st.insert(py, &key, &body, false)?.is_ok())
     }
 
@@ -870,7 +870,7 @@ impl PyRedisSessionManager {
         let sid = sid_of(session_id)?;
         let st = self.st()?;
         let key = st.key(sid);
-        let body = st.encode(py, &key, context)?;
+        let body = st.encode(&key, context)?;
         let mut inv = SET.prepare_invoke();
         inv.key(&key).arg(&body).arg(st.idle_ms).arg(st.abs_ms);
         let old = st.call(py, |c| inv.invoke::<Option<Vec<u8>>>(c))?;
@@ -914,7 +914,7 @@ impl PyRedisSessionManager {
         // others wait for it and find the value when their turn comes.
         let (owner, _) = current_owner(py)?;
         if !st.acquire_sync(py, sid, owner, st.lock_wait, true)? {
-            return Err(self.timeout(sid, &st));
+            return Err(Self::timeout(sid, &st));
         }
         let result = (|| {
             if let Some(raw) = st.fetch(py, &key)? {
@@ -925,7 +925,7 @@ impl PyRedisSessionManager {
             let made = factory.call0();
             st.set_creating(sid, owner, false);
             let made = made?;
-            let body = st.encode(py, &key, &made)?;
+            let body = st.encode(&key, &made)?;
             match st.insert(py, &key, &body, true)? {
                 // stored by set_session/insert_session meanwhile: theirs wins
                 Err(Some(existing)) => st.decode(py, &key, &existing),
@@ -958,7 +958,7 @@ impl PyRedisSessionManager {
         let key = st.key(sid);
         let (owner, _) = current_owner(py)?;
         if !st.acquire_sync(py, sid, owner, st.lock_wait, false)? {
-            return Err(self.timeout(sid, &st));
+            return Err(Self::timeout(sid, &st));
         }
         let result = (|| {
             let raw = st
@@ -966,7 +966,7 @@ impl PyRedisSessionManager {
                 .ok_or_else(|| Error::NotFound(format!("session {sid:?} does not exist")))?;
             let ctx = st.decode(py, &key, &raw)?;
             let new = r#fn.call1((ctx,))?;
-            let body = st.encode(py, &key, &new)?;
+            let body = st.encode(&key, &new)?;
             if st.write_back_sync(py, sid, owner, &body)? {
                 Ok(new.unbind())
             } else {
@@ -1218,18 +1218,12 @@ impl PyRedisSessionManager {
 }
 
 impl PyRedisSessionManager {
-    fn timeout(&self, sid: &str, st: &State) -> Error {
-        let _ = self;
+    fn timeout(sid: &str, st: &State) -> Error {
         Error::Timeout(format!(
             "could not lock session {sid:?} within {:.3}s",
             st.lock_wait.as_secs_f64()
         ))
     }
-}
-
-/// `RedisLock(url)` must see the same URL argument (None: the environment rules).
-fn target_url_arg(url: Option<&str>) -> Option<String> {
-    url.map(str::to_owned)
 }
 
 fn sid_of<'a>(key: &'a Bound<'_, PyAny>) -> Result<&'a str> {
@@ -1760,7 +1754,7 @@ impl PyRedisSessionLock {
     ) -> Result<Bound<'py, PyAny>> {
         let st = self.st.clone();
         let key = st.key(&self.sid);
-        let body = st.encode(py, &key, value)?;
+        let body = st.encode(&key, value)?;
         let fut = async move {
             let existing = st.ainsert(&key, &body).await?;
             Python::attach(|py| -> PyResult<Py<PyAny>> {
