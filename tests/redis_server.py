@@ -88,6 +88,11 @@ class RedisServer:
             self.proc.wait()
             self.proc = None
 
+    def close(self) -> None:
+        """Stops the server and removes its scratch directory."""
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
     def restart(self) -> None:
         self.stop()
         self.start()
@@ -107,8 +112,7 @@ def redis_server() -> Iterator[RedisServer]:
     try:
         yield srv
     finally:
-        srv.stop()
-        shutil.rmtree(srv.dir, ignore_errors=True)
+        srv.close()
 
 
 @pytest.fixture

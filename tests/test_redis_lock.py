@@ -527,7 +527,7 @@ def secured() -> Iterator[RedisServer]:
     srv = RedisServer(password="pa55:w@rd/s3cret")
     srv.start()
     yield srv
-    srv.stop()
+    srv.close()
 
 
 def test_password_never_shown(
@@ -610,7 +610,7 @@ def test_rediss_tls() -> None:
 
         asyncio.run(main())
     finally:
-        srv.stop()
+        srv.close()
 
 
 # --- outages ---------------------------------------------------------------------------
@@ -652,7 +652,7 @@ def test_quick_restart_reconnects_without_fallback(caplog: pytest.LogCaptureFixt
         assert asyncio.run(one()) == "redis"
         assert not [r for r in caplog.records if "unreachable" in r.getMessage()]
     finally:
-        srv.stop()
+        srv.close()
 
 
 def test_leaving_with_while_redis_is_down_warns_and_does_not_raise(
@@ -669,7 +669,7 @@ def test_leaving_with_while_redis_is_down_warns_and_does_not_raise(
         assert not h.lost
         assert any("could not release" in r.getMessage() for r in caplog.records)
     finally:
-        srv.stop()
+        srv.close()
 
 
 def test_redis_killed_midrun_falls_back_and_returns(caplog: pytest.LogCaptureFixture) -> None:
@@ -702,7 +702,7 @@ def test_redis_killed_midrun_falls_back_and_returns(caplog: pytest.LogCaptureFix
         assert any("answers again" in r.getMessage() for r in caplog.records)
         assert lk.stats()["fallback_acquires"] >= 3
     finally:
-        srv.stop()
+        srv.close()
 
 
 # --- the recommendation race ------------------------------------------------------------

@@ -181,7 +181,7 @@ def main() -> None:
             rows.append((impl, u, c))
             print(f"... {impl} done", file=sys.stderr)
     finally:
-        srv.stop()
+        srv.close()
 
     print(f"PING p50 {floor * 1e6:.1f} µs (redis-py, the floor)")
     print(
