@@ -733,7 +733,7 @@ def test_redis_restart_mid_run() -> None:
             ctx["n"] += 1
         assert m.get_session(sid) == {"n": 12}
     finally:
-        srv.stop()
+        srv.close()
 
 
 # --- configuration and the GIL ------------------------------------------------------------------

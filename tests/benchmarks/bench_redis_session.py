@@ -189,7 +189,7 @@ def main() -> None:
         lat = latency(srv.url, a.n)
         thr = throughput(srv.url, a.procs, a.ops)
     finally:
-        srv.stop()
+        srv.close()
     print(f"\nRedisSessionManager latency (n={a.n}, json codec, idle_ttl, loopback redis-server)")
     print(f"{'operation':34} {'p50 µs':>8} {'p99 µs':>8}  ratio")
     for name, p50, p99, ratio in lat:
