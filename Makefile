@@ -3,7 +3,7 @@ PY ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYDIRS := $(wildcard python tests examples)
 
-.PHONY: deps install lint test bench bench-redis check demo
+.PHONY: deps install lint test bench bench-redis bench-redis-session check demo
 
 deps:  ## system packages the tests need (redis-server), installed only when missing
 	@command -v redis-server >/dev/null 2>&1 || { $(SUDO) apt-get update -qq && \
@@ -25,11 +25,14 @@ test:
 	cargo test --quiet
 	$(PY) -m pytest -q
 
-bench: bench-redis
+bench: bench-redis bench-redis-session
 	$(PY) tests/benchmarks/bench_manager.py
 
 bench-redis:  ## RedisLock vs redis-py Lock, python-redis-lock, pottery (needs the bench extra)
 	$(PY) tests/benchmarks/bench_redis_lock.py
+
+bench-redis-session:  ## RedisSessionManager get/set/update vs bare redis-py, 4-process throughput
+	$(PY) tests/benchmarks/bench_redis_session.py
 
 check: deps install lint test
 

@@ -3,7 +3,9 @@
 //! (BaseSessionManager), `session_lock` (SessionLock and its awaitable), `errors`,
 //! `config` (argument rules), `pyglue` (asking Python who runs), and the distributed lock:
 //! `redis_lock` (RedisLock and its handles), `redis_scripts` (the Lua protocol),
-//! `redis_conn` (connections, runtime, pub/sub, fork) and `local_lock` (the fallback).
+//! `redis_conn` (connections, runtime, pub/sub, fork) and `local_lock` (the fallback); and
+//! the Redis-backed sessions: `redis_session` (RedisSessionManager and its lock),
+//! `session_scripts` (their Lua) and `session_value` (stored format and signature).
 
 pub mod config;
 pub mod errors;
@@ -14,7 +16,10 @@ mod pyglue;
 pub mod redis_conn;
 pub mod redis_lock;
 pub mod redis_scripts;
+pub mod redis_session;
 pub mod session_lock;
+pub mod session_scripts;
+pub mod session_value;
 pub mod store;
 
 use pyo3::prelude::*;
@@ -30,5 +35,7 @@ fn _sessionlock(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<redis_lock::PyRecommendationLock>()?;
     m.add_class::<redis_lock::PyLockHandle>()?;
     m.add_class::<redis_lock::PyLockInfo>()?;
+    m.add_class::<redis_session::PyRedisSessionManager>()?;
+    m.add_class::<redis_session::PyRedisSessionLock>()?;
     Ok(())
 }

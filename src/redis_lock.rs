@@ -270,14 +270,14 @@ enum State {
     },
 }
 
-struct HandleInner {
+pub(crate) struct HandleInner {
     core: Arc<Core>,
-    names: Names,
-    token: String,
+    pub(crate) names: Names,
+    pub(crate) token: String,
     ttl: Duration,
     wait: Duration,
     state: Mutex<State>,
-    lost: AtomicBool,
+    pub(crate) lost: AtomicBool,
     /// Released or abandoned: the renewal stops and reports nothing any more.
     done: AtomicBool,
     /// The awaitable of a pending acquisition was cancelled: a lock obtained anyway (the
@@ -745,7 +745,7 @@ impl HandleInner {
         Some((backend, fence))
     }
 
-    fn release_sync(&self) -> Result<bool> {
+    pub(crate) fn release_sync(&self) -> Result<bool> {
         let Some((backend, _)) = self.begin_release() else {
             return Ok(false);
         };
@@ -766,7 +766,7 @@ impl HandleInner {
         Ok(ok && !self.lost.load(Ordering::Acquire))
     }
 
-    async fn release_async(&self) -> Result<bool> {
+    pub(crate) async fn release_async(&self) -> Result<bool> {
         let Some((backend, _)) = self.begin_release() else {
             return Ok(false);
         };
@@ -855,14 +855,14 @@ impl HandleInner {
         Ok(ok)
     }
 
-    fn lost_error(&self) -> Error {
+    pub(crate) fn lost_error(&self) -> Error {
         Error::Lost(format!(
             "lock {:?} (token {}) was lost: its lease ran out or another client took it",
             self.names.lock, self.token
         ))
     }
 
-    fn timeout_error(&self) -> Error {
+    pub(crate) fn timeout_error(&self) -> Error {
         let holder = self.last_holder.lock().clone();
         Error::Timeout(format!(
             "could not acquire {:?} within {:.3}s{}",
@@ -946,7 +946,7 @@ fn build_core(
 }
 
 impl PyRedisLock {
-    fn new_handle(
+    pub(crate) fn new_handle(
         &self,
         key: &Bound<'_, PyAny>,
         ttl: Option<f64>,
@@ -1258,7 +1258,7 @@ impl PyLockInfo {
 /// The result of `acquire()`: owns the lock while held.
 #[pyclass(frozen, module = "sessionlock._sessionlock", name = "LockHandle")]
 pub struct PyLockHandle {
-    inner: Arc<HandleInner>,
+    pub(crate) inner: Arc<HandleInner>,
 }
 
 impl Drop for PyLockHandle {
@@ -1273,7 +1273,7 @@ impl Drop for PyLockHandle {
 
 impl PyLockHandle {
     /// Claims a pending handle for acquisition; false if it is already settled.
-    fn claim(&self) -> Result<bool> {
+    pub(crate) fn claim(&self) -> Result<bool> {
         let mut st = self.inner.state.lock();
         match *st {
             State::Pending => {
@@ -1288,7 +1288,7 @@ impl PyLockHandle {
     }
 
     /// Runs a pending acquisition on this thread, GIL released, signals checked.
-    fn acquire_blocking(&self, py: Python<'_>) -> Result<()> {
+    pub(crate) fn acquire_blocking(&self, py: Python<'_>) -> Result<()> {
         if !self.claim()? {
             return Ok(());
         }
@@ -1345,7 +1345,7 @@ impl PyLockHandle {
         Ok(())
     }
 
-    fn is_acquired(&self) -> bool {
+    pub(crate) fn is_acquired(&self) -> bool {
         matches!(*self.inner.state.lock(), State::Held { .. })
     }
 
@@ -1396,7 +1396,11 @@ impl PyLockHandle {
     /// Future that settles a pending handle and logs; resolves to whether it is held.
     /// `debug`: whether DEBUG logging was on when the awaitable was made; checked on the
     /// loop thread so the runtime thread takes the GIL only when there is something to log.
-    async fn settle(inner: Arc<HandleInner>, claimed: bool, debug: bool) -> Result<bool> {
+    pub(crate) async fn settle(
+        inner: Arc<HandleInner>,
+        claimed: bool,
+        debug: bool,
+    ) -> Result<bool> {
         if claimed {
             let started = Instant::now();
             match inner.acquire_async().await {

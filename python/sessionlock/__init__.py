@@ -15,6 +15,8 @@ from sessionlock._sessionlock import (
     LockTimeout,
     RecommendationLock,
     RedisLock,
+    RedisSessionLock,
+    RedisSessionManager,
     RedisUnavailable,
     SessionCorrupted,
     SessionLock,
@@ -22,9 +24,12 @@ from sessionlock._sessionlock import (
     SessionNotFound,
     __version__,
 )
+from sessionlock.codec import Codec, DataclassCodec
 
 __all__ = [
     "BaseSessionManager",
+    "Codec",
+    "DataclassCodec",
     "LockDeadlock",
     "LockHandle",
     "LockInfo",
@@ -33,6 +38,8 @@ __all__ = [
     "LockTimeout",
     "RecommendationLock",
     "RedisLock",
+    "RedisSessionLock",
+    "RedisSessionManager",
     "RedisUnavailable",
     "SessionCorrupted",
     "SessionLock",

@@ -4,6 +4,8 @@ import types
 from collections.abc import Awaitable, Callable, Generator
 from typing import Any, Generic, Literal, Self, TypeVar, final, overload
 
+from sessionlock.codec import Codec
+
 _C = TypeVar("_C")
 _T = TypeVar("_T")
 
@@ -295,3 +297,175 @@ class RecommendationLock(RedisLock):
         self, user_id: int | str, timeout: float = 300.0, *, wait: float | None = None
     ) -> LockHandle:
         """The old call: ``timeout`` is the lease in seconds; ``wait`` bounds the wait."""
+
+@final
+class RedisSessionLock(Generic[_C]):
+    """The distributed lock of one Redis-backed session (``RedisSessionManager.lock()``).
+
+    A ``RedisLock`` (fencing, auto-renewal, ``LockLost``) on the key
+    ``<prefix minus its last character>-lock:<session_id>``. Across processes Redis decides
+    who holds it; inside one process the owner is the running asyncio task, else the thread,
+    and the owner may re-enter (``update()`` inside the owner's block works).
+
+    ``with lock as ctx`` / ``async with lock as ctx`` yield a fresh decoded copy of the
+    context (None if the session does not exist). On a clean exit the copy is encoded and,
+    if it changed, written back by a script that first checks that the lock is still this
+    holder's: a lost lock writes nothing and raises ``LockLost``. A session deleted during
+    the block is not resurrected. On an exception nothing is written.
+    """
+
+    def __class_getitem__(cls, item: Any, /) -> types.GenericAlias: ...
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def key(self) -> str:
+        """The Redis key of the lock."""
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        """``threading`` rules; True once held, False if the wait ran out. GIL released
+        while waiting. Raises LockDeadlock if a task of the event loop running in this
+        thread holds it, RedisUnavailable if Redis cannot be reached."""
+    def release(self) -> None:
+        """Release one level of the caller's hold. Raises LockNotOwned if the caller does
+        not hold it, LockLost if the lease was lost while held."""
+    def locked(self) -> bool:
+        """Whether any process holds the lock (asks Redis; GIL released)."""
+    def _is_owned(self) -> bool: ...
+    def acquire_async(self, timeout: float | None = None) -> Awaitable[bool]:
+        """Takes the lock without blocking the event loop; True, or False once ``timeout``
+        seconds pass (None: wait forever)."""
+    def __enter__(self) -> _C | None:
+        """Acquire (bounded by ``lock(timeout=...)``, else ``lock_wait``), then read and decode
+        the context. Raises LockTimeout, SessionCorrupted (the lock is released again),
+        RedisUnavailable. GIL released during the waits and round trips."""
+    def __exit__(
+        self, exc_type: object = None, _exc: object = None, _tb: object = None
+    ) -> Literal[False]:
+        """Write back a changed context on a clean exit, then release. Raises LockLost if
+        the lock was lost (nothing written) and the codec's TypeError if the context can no
+        longer be encoded."""
+    def __aenter__(self) -> Awaitable[_C | None]:
+        """Like ``__enter__``; never blocks the loop (the codec runs on the loop's thread)."""
+    def __aexit__(
+        self, exc_type: object = None, _exc: object = None, _tb: object = None
+    ) -> Awaitable[Literal[False]]:
+        """Like ``__exit__``; never blocks the loop."""
+    def _astart(self, timeout: float | None, fetch: bool) -> Awaitable[Any]: ...
+    def _aregister(self, handle: LockHandle | None) -> bool: ...
+    def _aenter_decode(self, raw: bytes | None, strict: bool = False) -> Any: ...
+    def _aexists(self) -> bool: ...
+    def _aset(self, value: Any) -> None: ...
+    def _arelease(self) -> Awaitable[None]: ...
+    def _afetch(self) -> Awaitable[bytes | None]: ...
+    def _adecode(self, raw: bytes | None, default: Any) -> Any: ...
+    def _acreating(self, on: bool) -> None: ...
+    def _ainsert(self, value: Any) -> Awaitable[bytes | None]: ...
+    def _adiscard(self) -> Awaitable[None]: ...
+
+class RedisSessionManager(Generic[_C]):
+    """The ``BaseSessionManager`` interface backed by Redis, shared by processes and servers.
+
+    Connection rules as ``RedisLock`` (``url``, else ``REDIS_URL``, else ``REDIS_HOST`` /
+    ``REDIS_PORT`` / ``REDIS_DB`` / ``REDIS_PASSWORD``, else ``redis://localhost:6379/0``).
+    A session is the string key ``prefix + session_id``. Every method is one round trip
+    (a command or a script) except those that take the session lock; sync calls release the
+    GIL for all network I/O. ``get_session`` returns a fresh decoded copy: mutate it under
+    ``lock()`` or write it with ``set_session``/``update``. Redis unreachable raises
+    ``RedisUnavailable`` (no fallback to memory). Session ids: non-empty ``str`` without NUL
+    (TypeError / ValueError, nothing changes).
+
+    Codecs: ``"json"`` (dicts, lists, str, numbers, bools, None), ``"pickle"`` (requires a
+    secret), or any ``Codec`` (``dumps(obj) -> bytes``, ``loads(bytes)``). With a secret
+    (argument or ``SESSIONLOCK_SECRET``, at least 16 bytes) every value is signed with
+    HMAC-SHA256 over its key and payload and checked (constant time) before decoding; a
+    value that fails its check or cannot be decoded raises ``SessionCorrupted`` and counts in
+    ``stats()["corrupted"]``; a pickle is never loaded unchecked.
+
+    Expiry is Redis's: ``idle_ttl`` (refreshed by every read, ``touch`` and write) and
+    ``absolute_ttl`` (since creation, kept across writes) become the key's ``PX``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        prefix: str = "sessionlock:session:",
+        idle_ttl: float | None = None,
+        absolute_ttl: float | None = None,
+        codec: Literal["json", "pickle"] | Codec | None = None,
+        secret: bytes | str | None = None,
+        lock_ttl: float = 30.0,
+        lock_wait: float = 10.0,
+    ) -> None:
+        """``codec`` None means ``"json"``. ``lock_ttl``: lease of the session lock (renewed
+        while held); ``lock_wait``: how long ``lock()``/``update()``/``get_or_create`` wait.
+        Raises ValueError for bad TTLs, an empty prefix, ``"pickle"`` without a secret or a
+        secret shorter than 16 bytes; TypeError for a codec without dumps/loads. No I/O."""
+    def __class_getitem__(cls, item: Any, /) -> types.GenericAlias: ...
+    @property
+    def prefix(self) -> str: ...
+    @property
+    def url(self) -> str:
+        """The Redis URL with any password masked."""
+    @property
+    def codec(self) -> str | Codec:
+        """``"json"``, ``"pickle"`` or the codec object."""
+    def create_session(self, context: _C) -> str:
+        """Store under a fresh uuid4 id (``SET NX``) and return the id."""
+    def insert_session(self, session_id: str, context: _C) -> bool:
+        """Store only if absent (``SET NX``); True if stored."""
+    @overload
+    def get_session(self, session_id: str) -> _C | None: ...
+    @overload
+    def get_session(self, session_id: str, default: _T) -> _C | _T: ...
+    def get_or_create(self, session_id: str, factory: Callable[[], _C]) -> _C:
+        """The context, creating it with ``factory()`` if absent. Across all processes the
+        factory runs once per absent key: a miss takes the session lock and looks again
+        before calling it; the value is stored with ``SET NX`` (a value stored meanwhile
+        wins and is returned). A factory asking for its own key raises LockDeadlock; a wait
+        beyond ``lock_wait`` raises LockTimeout."""
+    def set_session(self, session_id: str, context: _C) -> _C | None:
+        """Store and return the previous context (None if absent, or if the previous value
+        was unreadable: then it is counted and logged). Keeps the absolute deadline."""
+    def update(self, session_id: str, fn: Callable[[_C], _C]) -> _C:
+        """Read-modify-write under the session lock: stores and returns ``fn(ctx)``. The write
+        checks the lock token atomically: LockLost if the lock was lost (nothing written);
+        SessionNotFound if the session is absent or was deleted meanwhile (nothing is
+        resurrected). Re-enters when the caller holds ``lock(session_id)``."""
+    @overload
+    def aget_session(self, session_id: str) -> Awaitable[_C | None]: ...
+    @overload
+    def aget_session(self, session_id: str, default: _T) -> Awaitable[_C | _T]: ...
+    def aget_or_create(self, session_id: str, factory: Callable[[], _C]) -> Awaitable[_C]:
+        """``get_or_create`` for coroutines: never blocks the loop; the factory runs once
+        across processes, on the loop's thread; LockDeadlock if it asks for its own key."""
+    def aupdate(self, session_id: str, fn: Callable[[_C], _C]) -> Awaitable[_C]:
+        """``update`` for coroutines: never blocks the loop; ``fn`` runs on the loop's thread."""
+    def delete_session(self, session_id: str) -> bool:
+        """``DEL``; True if it existed."""
+    @overload
+    def pop_session(self, session_id: str) -> _C | None: ...
+    @overload
+    def pop_session(self, session_id: str, default: _T) -> _C | _T: ...
+    def touch(self, session_id: str) -> bool:
+        """Refresh the idle expiry; True if the session exists."""
+    def lock(self, session_id: str, *, timeout: float | None = None) -> RedisSessionLock[_C]:
+        """The session's distributed lock; ``timeout`` bounds the wait of ``with`` /
+        ``async with`` (default ``lock_wait``). No I/O until used."""
+    def purge_expired(self) -> int:
+        """Always 0: Redis expires sessions itself."""
+    def clear(self) -> int:
+        """Delete every session under the prefix (SCAN + UNLINK); returns how many."""
+    def session_ids(self) -> list[str]:
+        """Every session id under the prefix (a SCAN: O(keys in the database))."""
+    def stats(self) -> dict[str, int]:
+        """This process's counters: sessions (a SCAN), locks (held here), hits, misses,
+        creates, corrupted, factory_runs, lock_acquires, lock_contended, lock_timeouts,
+        lock_wait_ns, lock_lost, write_backs; expired and evicted are always 0 (Redis
+        expires keys on its own)."""
+    def __len__(self) -> int:
+        """Number of sessions (a SCAN)."""
+    def __contains__(self, session_id: object, /) -> bool:
+        """``EXISTS`` (does not refresh the idle expiry); False for a non-str id."""
+    def _safe_get_or_create(self, session_id: str, factory_func: Callable[[], _C]) -> _C: ...
+    def _safe_get(self, session_id: str) -> _C | None: ...
+    def _safe_delete(self, session_id: str) -> bool: ...
