@@ -509,13 +509,24 @@ def test_rlock_interface(mgr: Mgr) -> None:
     assert not lk.locked()
     with pytest.raises(LockNotOwned):
         lk.release()
-    with pytest.raises(LockTimeout):
-        other = threading.Thread(target=lambda: (mgr.lock("s").acquire(), time.sleep(1.5)))
-        other.start()
-        time.sleep(0.2)  # sleep-ok: let the other thread take the lock
-        with mgr.lock("s", timeout=0.2):
+    taken, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        lock = mgr.lock("s")
+        assert lock.acquire()
+        taken.set()
+        done.wait(10)
+        lock.release()
+
+    other = threading.Thread(target=hold)
+    other.start()
+    assert taken.wait(10)
+    try:
+        with pytest.raises(LockTimeout), mgr.lock("s", timeout=0.2):
             pass
-    other.join()
+    finally:
+        done.set()
+        other.join()
 
 
 def test_sync_wait_on_a_loop_thread_holding_task_is_a_deadlock_error(mgr: Mgr) -> None:
@@ -592,14 +603,14 @@ def test_async_updates_lose_nothing_and_never_block_the_loop(mgr: Mgr) -> None:
         nonlocal ticks
         while not stop.is_set():
             ticks += 1
-            await asyncio.sleep(0.001)
+            await asyncio.sleep(0.001)  # sleep-ok: the simulated LLM call inside the lock
 
     async def bump() -> None:
         await mgr.aupdate(sid, lambda c: {"n": c["n"] + 1})
 
     async def bump_with() -> None:
         async with mgr.lock(sid) as ctx:
-            await asyncio.sleep(0)  # the await the old code lost updates across
+            await asyncio.sleep(0)  # sleep-ok: the await the old code lost updates across
             ctx["n"] += 1
 
     async def main() -> None:
@@ -783,8 +794,12 @@ def test_sync_lock_waits_release_the_gil(mgr: Mgr) -> None:
     t2.join()
 
 
-def test_cancelled_async_waiter_leaves_no_trace(mgr: Mgr) -> None:
+def test_cancelled_async_waiter_leaves_no_trace(mgr: Mgr, redis_url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
     sid = mgr.create_session({"n": 0})
+    queue = f"{mgr.prefix[:-1]}-lock:{sid}\0queue"  # RedisLock's wait queue of the session lock
 
     async def main() -> None:
         holding, release = asyncio.Event(), asyncio.Event()
@@ -802,7 +817,11 @@ def test_cancelled_async_waiter_leaves_no_trace(mgr: Mgr) -> None:
         h = asyncio.create_task(holder())
         await holding.wait()
         w = asyncio.create_task(waiter())
-        await asyncio.sleep(0.05)  # let the waiter queue up behind the holder
+        for _ in range(5000):  # until the waiter has queued up behind the holder (in Redis)
+            if client.zcard(queue) or w.done():
+                break
+            await asyncio.sleep(0.001)  # sleep-ok: polls a condition, bounded
+        assert client.zcard(queue) == 1 and not w.done()
         w.cancel()
         with pytest.raises(asyncio.CancelledError):
             await w

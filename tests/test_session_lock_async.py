@@ -122,7 +122,7 @@ def test_tasks_exclude_each_other_across_awaits(mgr: Mgr) -> None:
         for _ in range(20):
             async with mgr.lock("s") as ctx:
                 n = ctx["n"]
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
                 ctx["n"] = n + 1
 
     async def main() -> None:
@@ -188,7 +188,7 @@ def test_async_waiter_never_blocks_the_loop(mgr: Mgr) -> None:
     async def heartbeat(stop: asyncio.Event) -> None:
         while not stop.is_set():
             ticks[0] += 1
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -200,11 +200,11 @@ def test_async_waiter_never_blocks_the_loop(mgr: Mgr) -> None:
                 got_it.set()
 
         w = asyncio.create_task(waiter())
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
         before = ticks[0]
         # The heartbeat keeps ticking while the waiter waits for the thread's lock.
         while ticks[0] < before + 1000:
-            await asyncio.sleep(0)
+            await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
         assert not got_it.is_set()
         release.set()
         await asyncio.wait_for(got_it.wait(), 10)
@@ -315,7 +315,7 @@ def test_dropped_unawaited_acquire_leaves_no_trace(mgr: Mgr) -> None:
         assert not mgr.lock("free").locked()
         release.set()
         await h
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
         assert mgr.stats()["locks"] == 0
         assert await mgr.lock("s").acquire_async(timeout=0)
         mgr.lock("s").release()
@@ -400,7 +400,7 @@ def test_timeout_racing_a_hand_off_never_swallows_it(mgr: Mgr) -> None:
             assert await lk.acquire_async()
             w = asyncio.create_task(waiter(0.0002 * (i % 5)))
             for _ in range(i % 4):
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
             lk.release()
             wins += await w
             assert mgr.stats()["locks"] == 0, f"round {i}"
@@ -464,7 +464,7 @@ def test_fifo_among_tasks(mgr: Mgr, until: Until) -> None:
         async def waiter(i: int) -> None:
             async with mgr.lock("s"):
                 order.append(i)
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
 
         tasks = []
         for i in range(10):
@@ -514,8 +514,8 @@ def test_sync_wait_on_loop_thread_behind_a_task_of_that_loop_raises_at_once(mgr:
                 seen.append(e)
 
         asyncio.get_running_loop().call_soon(callback)
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
+        await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
         assert len(seen) == 1
         release.set()
         await h
@@ -725,13 +725,13 @@ def test_chaos_threads_and_two_loops_with_timeouts_and_cancellations(
             r = rnd.random()
             if r < 0.4:
                 async with mgr.lock("s"):
-                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
                     bump()
             elif r < 0.7:
                 lk = mgr.lock("s")
                 if await lk.acquire_async(timeout=rnd.choice([0, 0.0001, 0.001])):
                     try:
-                        await asyncio.sleep(0)
+                        await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
                         bump()
                     finally:
                         lk.release()
@@ -746,7 +746,7 @@ def test_chaos_threads_and_two_loops_with_timeouts_and_cancellations(
         for t in tasks:
             if rnd.random() < 0.25:
                 for _ in range(rnd.randrange(3)):
-                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
                 t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
