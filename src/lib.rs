@@ -29,6 +29,10 @@ fn _sessionlock(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
     pyglue::register(m)?;
+    let shutdown = wrap_pyfunction!(redis_conn::_shutdown_runtime, m)?;
+    m.py()
+        .import("atexit")?
+        .call_method1("register", (shutdown,))?;
     m.add_class::<manager::PyManager>()?;
     m.add_class::<session_lock::PySessionLock>()?;
     m.add_class::<redis_lock::PyRedisLock>()?;

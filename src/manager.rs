@@ -498,7 +498,7 @@ pub fn session_id<'a>(key: &'a Bound<'_, PyAny>) -> Result<&'a str> {
     Ok(s)
 }
 
-fn check_callable(name: &str, f: &Bound<'_, PyAny>) -> Result<()> {
+pub(crate) fn check_callable(name: &str, f: &Bound<'_, PyAny>) -> Result<()> {
     if f.is_callable() {
         Ok(())
     } else {

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use parking_lot::{Condvar, Mutex};
+use pyo3::prelude::*;
 use pyo3_async_runtimes::generic::{ContextExt, Runtime as GenericRuntime};
 use pyo3_async_runtimes::TaskLocals;
 use redis::aio::MultiplexedConnection;
@@ -171,7 +172,10 @@ impl Target {
 /// The per-process state. Built lazily, rebuilt after fork.
 pub struct Process {
     pid: u32,
-    pub runtime: tokio::runtime::Runtime,
+    /// Where tasks are spawned; keeps working (spawns are refused) once the runtime is shut.
+    pub handle: tokio::runtime::Handle,
+    /// Owned here so that `shutdown_runtime` can stop it before the interpreter finalizes.
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
     conns: Mutex<HashMap<String, Arc<Conn>>>,
     pub local: Arc<LocalLocks>,
 }
@@ -199,12 +203,32 @@ pub fn process() -> Arc<Process> {
         .expect("cannot start the tokio runtime");
     let p = Arc::new(Process {
         pid,
-        runtime,
+        handle: runtime.handle().clone(),
+        runtime: Mutex::new(Some(runtime)),
         conns: Mutex::new(HashMap::new()),
         local: Arc::new(LocalLocks::default()),
     });
     *slot = Some(p.clone());
     p
+}
+
+/// Stops this process's runtime; registered with `atexit`. CPython ends any thread that
+/// tries to take the GIL once finalization has begun, and a runtime thread completing an
+/// asyncio future then (pyo3-async-runtimes' `set_result`) dies inside Rust frames, which
+/// aborts the whole process. atexit runs before finalization, so after this no runtime
+/// thread is left to try. Tasks still in flight are dropped: leases they held run out.
+#[pyfunction]
+pub fn _shutdown_runtime(py: Python<'_>) {
+    let current = PROCESS.lock().clone();
+    let Some(p) = current else { return };
+    if p.pid != std::process::id() {
+        return; // a forked child that never used Redis: the parent's runtime is not ours
+    }
+    let runtime = p.runtime.lock().take();
+    if let Some(rt) = runtime {
+        // Runtime threads may need the GIL to finish what they are doing: let them have it.
+        py.detach(move || rt.shutdown_timeout(Duration::from_secs(1)));
+    }
 }
 
 impl Process {
@@ -249,14 +273,14 @@ impl GenericRuntime for ForkSafeRuntime {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        process().runtime.spawn(fut)
+        process().handle.spawn(fut)
     }
 
     fn spawn_blocking<F>(f: F) -> Self::JoinHandle
     where
         F: FnOnce() + Send + 'static,
     {
-        process().runtime.spawn_blocking(f)
+        process().handle.spawn_blocking(f)
     }
 }
 

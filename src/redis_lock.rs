@@ -447,7 +447,7 @@ impl HandleInner {
                 // listen before queueing, so the hand-off notice cannot be missed
                 let guard = conn.register(&self.names.channel, &self.token);
                 let rt = process();
-                if let Err(e) = rt.runtime.block_on(conn.listen(&core.prefix)) {
+                if let Err(e) = rt.handle.block_on(conn.listen(&core.prefix)) {
                     return self.fall_back(&conn, &e, local).map(|()| None);
                 }
                 *waiting = Some(Waiting {
@@ -638,7 +638,7 @@ impl HandleInner {
 
     fn release_in_background(self: &Arc<Self>) {
         let me = self.clone();
-        process().runtime.spawn(async move {
+        process().handle.spawn(async move {
             let _ = me.release_async().await;
         });
     }
@@ -646,7 +646,7 @@ impl HandleInner {
     fn start_renewal(self: &Arc<Self>, backend: Backend) {
         let me = self.clone();
         let task = process()
-            .runtime
+            .handle
             .spawn(async move { me.renew_loop(backend).await });
         *self.renew.lock() = Some(task.abort_handle());
     }
@@ -881,7 +881,7 @@ struct CancelOnDrop {
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
-            process().runtime.spawn(async move {
+            process().handle.spawn(async move {
                 if let Ok(conn) = inner.core.conn() {
                     let _ = inner.cancel_async(&conn).await;
                 }

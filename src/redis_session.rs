@@ -29,7 +29,7 @@ use redis::Script;
 use crate::config;
 use crate::errors::{Error, Result};
 use crate::keylock::Owner;
-use crate::manager::session_id as checked_id;
+use crate::manager::{check_callable, session_id as checked_id};
 use crate::pyglue::{self, current_owner, thread_id, WARNING};
 use crate::redis_conn::{process, Conn, ForkSafeRuntime, Target};
 use crate::redis_lock::{PyLockHandle, PyRedisLock};
@@ -1232,17 +1232,6 @@ fn sid_of<'a>(key: &'a Bound<'_, PyAny>) -> Result<&'a str> {
         return Err(Error::Value("session_id must not contain NUL".into()));
     }
     Ok(s)
-}
-
-fn check_callable(name: &str, f: &Bound<'_, PyAny>) -> Result<()> {
-    if f.is_callable() {
-        Ok(())
-    } else {
-        Err(Error::Type(format!(
-            "{name} must be callable, not {}",
-            f.get_type().name()?
-        )))
-    }
 }
 
 // ---------------------------------------------------------------------------------------
