@@ -519,7 +519,7 @@ def test_config_from_environment(
     for k in ("REDIS_HOST", "REDIS_PORT", "REDIS_DB"):
         monkeypatch.delenv(k)
     monkeypatch.delenv("REDIS_PASSWORD", raising=False)
-    assert RedisLock().url == "redis://localhost:6379/0"
+    assert RedisLock().url == "redis://localhost:6379/0"  # the default URL only: no connection
 
 
 @pytest.fixture(scope="module")

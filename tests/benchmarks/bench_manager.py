@@ -357,6 +357,7 @@ def main() -> None:
         rows.append((label, interleaved(runs, fns)))
 
     measure("get hit, 1 thread, 100k sessions", lambda mk: w_get(mk, int(100_000 * scale), n))
+    measure("get hit, 1 thread, one hot session", lambda mk: w_get(mk, 1, n))
     measure("create_session", lambda mk: w_create(mk, n))
     measure("get_or_create, 8 threads", lambda mk: w_get_or_create(mk, 8, n))
 
