@@ -646,6 +646,23 @@ fn state_of(cell: &Mutex<Option<Arc<State>>>) -> Result<Arc<State>> {
     })
 }
 
+/// Calls the coroutine function `name` of `_redis_session.py` with a fresh lock of session
+/// `sid` and `arg` (the async forms chain the native awaitables there, so the codec,
+/// factories and `fn` run on the loop's thread).
+fn call_with_lock<'py>(
+    slf: &Bound<'py, PyRedisSessionManager>,
+    sid: &str,
+    name: &str,
+    arg: Option<Bound<'py, PyAny>>,
+) -> Result<Bound<'py, PyAny>> {
+    let py = slf.py();
+    let lock = Bound::new(
+        py,
+        PyRedisSessionLock::new(slf.get().st()?, sid.to_owned(), None),
+    )?;
+    Ok(helpers(py)?.getattr(name)?.call1((lock, arg))?)
+}
+
 fn helpers(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     static MODULE: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
     MODULE
@@ -988,13 +1005,8 @@ impl PyRedisSessionManager {
         session_id: &Bound<'py, PyAny>,
         default: Option<Bound<'py, PyAny>>,
     ) -> Result<Bound<'py, PyAny>> {
-        let py = slf.py();
         let sid = sid_of(session_id)?;
-        let st = slf.get().st()?;
-        let lock = Bound::new(py, PyRedisSessionLock::new(st, sid.to_owned(), None))?;
-        Ok(helpers(py)?
-            .getattr("aget_session")?
-            .call1((lock, default))?)
+        call_with_lock(slf, sid, "aget_session", default)
     }
 
     /// Awaitable form of `get_or_create` (never blocks the event loop; the factory runs on
@@ -1004,14 +1016,9 @@ impl PyRedisSessionManager {
         session_id: &Bound<'py, PyAny>,
         factory: &Bound<'py, PyAny>,
     ) -> Result<Bound<'py, PyAny>> {
-        let py = slf.py();
         let sid = sid_of(session_id)?;
         check_callable("factory", factory)?;
-        let st = slf.get().st()?;
-        let lock = Bound::new(py, PyRedisSessionLock::new(st, sid.to_owned(), None))?;
-        Ok(helpers(py)?
-            .getattr("aget_or_create")?
-            .call1((lock, factory))?)
+        call_with_lock(slf, sid, "aget_or_create", Some(factory.clone()))
     }
 
     /// Awaitable form of `update` (never blocks the event loop).
@@ -1020,12 +1027,9 @@ impl PyRedisSessionManager {
         session_id: &Bound<'py, PyAny>,
         r#fn: &Bound<'py, PyAny>,
     ) -> Result<Bound<'py, PyAny>> {
-        let py = slf.py();
         let sid = sid_of(session_id)?;
         check_callable("fn", r#fn)?;
-        let st = slf.get().st()?;
-        let lock = Bound::new(py, PyRedisSessionLock::new(st, sid.to_owned(), None))?;
-        Ok(helpers(py)?.getattr("aupdate")?.call1((lock, r#fn))?)
+        call_with_lock(slf, sid, "aupdate", Some(r#fn.clone()))
     }
 
     fn delete_session(&self, py: Python<'_>, session_id: &Bound<'_, PyAny>) -> Result<bool> {
