@@ -567,7 +567,7 @@ impl PyManager {
         let mut value = context;
         loop {
             let mut buf = uuid::Uuid::encode_buffer();
-            let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+            let id = crate::random::uuid_v4().hyphenated().encode_lower(&mut buf);
             match self.inner.insert(py, id, value, false) {
                 Insert::Present { rejected } => value = rejected, // a uuid4 collision: draw again
                 _ => return Ok(id.to_owned()),

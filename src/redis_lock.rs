@@ -964,7 +964,7 @@ impl PyRedisLock {
             inner: Arc::new(HandleInner {
                 core: self.core.clone(),
                 names: Names::new(&full),
-                token: uuid::Uuid::new_v4().simple().to_string(),
+                token: crate::random::uuid_v4().simple().to_string(),
                 ttl,
                 wait,
                 state: Mutex::new(State::Pending),

@@ -828,7 +828,7 @@ impl PyRedisSessionManager {
         let st = self.st()?;
         let payload = st.codec.encode(context)?;
         loop {
-            let id = uuid::Uuid::new_v4().hyphenated().to_string();
+            let id = crate::random::uuid_v4().hyphenated().to_string();
             let key = st.key(&id);
             let body = st.seal(&key, &payload);
             if st.insert(py, &key, &body, false)?.is_ok() {
