@@ -41,6 +41,7 @@ fn _sessionlock(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<redis_lock::PyRecommendationLock>()?;
     m.add_class::<redis_lock::PyLockHandle>()?;
     m.add_class::<redis_lock::PyLockInfo>()?;
+    m.add_function(wrap_pyfunction!(redis_session::_json_exact, m)?)?;
     m.add_class::<redis_session::PyRedisSessionManager>()?;
     m.add_class::<redis_session::PyRedisSessionLock>()?;
     Ok(())

@@ -14,9 +14,9 @@
 //! the user's function on the event loop's thread, never on the runtime's.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use pyo3::exceptions::{PyRuntimeError, PyTypeError};
@@ -43,6 +43,9 @@ static TOUCH: LazyLock<Script> =
 static SET: LazyLock<Script> = LazyLock::new(|| Script::new(&scripts::script(scripts::SET_BODY)));
 static INSERT: LazyLock<Script> =
     LazyLock::new(|| Script::new(&scripts::script(scripts::INSERT_BODY)));
+/// How often a create is sent again after a `skew` reply taught us the server's clock.
+const SKEW_TRIES: u32 = 3;
+
 static WRITE_BACK: LazyLock<Script> =
     LazyLock::new(|| Script::new(&scripts::script(scripts::WRITE_BACK_BODY)));
 
@@ -147,14 +150,20 @@ impl Codec {
     fn encode(&self, obj: &Bound<'_, PyAny>) -> Result<Vec<u8>> {
         let py = obj.py();
         match self.kind {
-            Kind::Json => match self.dumps.bind(py).call1((obj,)) {
+            Kind::Json => match check_json_exact(obj, 0).and_then(|()| {
+                self.dumps
+                    .bind(py)
+                    .call1((obj,))
+                    .map_err(JsonRefusal::Codec)
+            }) {
                 Ok(s) => Ok(s
                     .cast::<PyString>()
                     .map_err(PyErr::from)?
                     .to_str()?
                     .as_bytes()
                     .to_vec()),
-                Err(e) if e.is_instance_of::<PyTypeError>(py) => {
+                Err(JsonRefusal::Inexact(what)) => Err(inexact_error(&what)),
+                Err(JsonRefusal::Codec(e)) if e.is_instance_of::<PyTypeError>(py) => {
                     let err = PyTypeError::new_err(format!(
                         "{} (the \"json\" codec stores dicts, lists, str, numbers, bools and None; \
                          use codec=\"pickle\" with a secret, sessionlock.DataclassCodec, or your own \
@@ -164,7 +173,7 @@ impl Codec {
                     err.set_cause(py, Some(e));
                     Err(err.into())
                 }
-                Err(e) => Err(e.into()),
+                Err(JsonRefusal::Codec(e)) => Err(e.into()),
             },
             Kind::Pickle => {
                 let b = self.dumps.bind(py).call1((obj, 5))?;
@@ -203,6 +212,107 @@ impl Codec {
             Kind::Pickle | Kind::Custom => loads.call1((PyBytes::new(py, payload),))?,
         };
         Ok(v.unbind())
+    }
+}
+
+/// Why the `json` codec refused a value before anything was written.
+enum JsonRefusal {
+    /// A value JSON would not give back as it was (a tuple, a non-`str` key, a subclass...).
+    Inexact(String),
+    /// The encoder itself failed (e.g. a circular reference).
+    Codec(PyErr),
+}
+
+/// Nesting beyond which the check stops and lets the encoder decide (it raises for cycles
+/// and for depths past the recursion limit).
+const JSON_CHECK_DEPTH: u32 = 200;
+
+/// Checks that `obj` round-trips through JSON as the very same types and values: exact
+/// `dict` (with exact `str` keys), `list`, `str`, `int`, `float`, `bool` and `None` only, so
+/// the codec never hands back `{"1": ...}` for `{1: ...}` or a list for a tuple. Subclasses
+/// (an `IntEnum`, an `OrderedDict`) are refused too: they would come back as their base.
+/// Python code runs here (no Rust lock is held by the caller).
+fn check_json_exact(obj: &Bound<'_, PyAny>, depth: u32) -> std::result::Result<(), JsonRefusal> {
+    use pyo3::types::{PyBool, PyFloat, PyInt, PyList};
+    if obj.is_none()
+        || obj.is_exact_instance_of::<PyString>()
+        || obj.is_exact_instance_of::<PyBool>()
+        || obj.is_exact_instance_of::<PyInt>()
+        || obj.is_exact_instance_of::<PyFloat>()
+        || depth > JSON_CHECK_DEPTH
+    {
+        return Ok(());
+    }
+    let name = || {
+        obj.get_type()
+            .name()
+            .map_or_else(|_| "?".to_owned(), |n| n.to_string())
+    };
+    if let Ok(list) = obj.cast_exact::<PyList>() {
+        for (i, item) in list.iter().enumerate() {
+            check_json_exact(&item, depth + 1).map_err(|e| within(e, &format!("[{i}]")))?;
+        }
+        return Ok(());
+    }
+    if let Ok(dict) = obj.cast_exact::<PyDict>() {
+        for (k, v) in dict.iter() {
+            if !k.is_exact_instance_of::<PyString>() {
+                let kt = k
+                    .get_type()
+                    .name()
+                    .map_or_else(|_| "?".to_owned(), |n| n.to_string());
+                let shown = k.repr().map_or_else(|_| "?".to_owned(), |r| r.to_string());
+                return Err(JsonRefusal::Inexact(format!(
+                    "a dict key of type {kt} ({shown}: JSON keys are strings)"
+                )));
+            }
+            check_json_exact(&v, depth + 1).map_err(|e| {
+                within(
+                    e,
+                    &format!(
+                        "[{}]",
+                        k.repr().map_or_else(|_| "?".to_owned(), |r| r.to_string())
+                    ),
+                )
+            })?;
+        }
+        return Ok(());
+    }
+    Err(JsonRefusal::Inexact(format!("a {}", name())))
+}
+
+fn inexact_error(what: &str) -> Error {
+    Error::Type(format!(
+        "the \"json\" codec cannot store {what} exactly (it would come back as another \
+         type); store dicts with str keys, lists, str, int, float, bool and None, or use \
+         codec=\"pickle\" with a secret, sessionlock.DataclassCodec or your own Codec"
+    ))
+}
+
+/// `_json_exact(obj)`: raises `TypeError` unless `obj` round-trips exactly through JSON (the
+/// rule of the `json` codec, shared with `DataclassCodec`'s fields).
+#[pyfunction]
+pub fn _json_exact(obj: &Bound<'_, PyAny>) -> Result<()> {
+    match check_json_exact(obj, 0) {
+        Ok(()) => Ok(()),
+        Err(JsonRefusal::Inexact(what)) => Err(inexact_error(&what)),
+        Err(JsonRefusal::Codec(e)) => Err(e.into()),
+    }
+}
+
+/// Adds the path step `step` to an `Inexact` refusal (`a tuple at ["a"][0]`).
+fn within(e: JsonRefusal, step: &str) -> JsonRefusal {
+    match e {
+        JsonRefusal::Inexact(mut what) => {
+            if let Some(at) = what.find(" at ") {
+                what.insert_str(at + 4, step);
+            } else {
+                what.push_str(" at ");
+                what.push_str(step);
+            }
+            JsonRefusal::Inexact(what)
+        }
+        other @ JsonRefusal::Codec(_) => other,
     }
 }
 
@@ -247,6 +357,9 @@ struct State {
     connect_timeout: Duration,
     codec: Codec,
     signer: Signer,
+    /// Server clock minus this machine's, in ms, as last reported by a `skew` reply: what a
+    /// proposed absolute deadline is corrected by (relaxed: a stale value only costs a retry).
+    clock_offset_ms: AtomicI64,
     lock: Py<PyRedisLock>,
     lock_prefix: String,
     stats: Stats,
@@ -282,6 +395,15 @@ impl State {
     }
 
     fn map_err(&self, conn: &Conn, e: &redis::RedisError) -> Error {
+        if e.code() == Some("WRONGTYPE") {
+            bump(&self.stats.corrupted);
+            return Error::Corrupted(format!(
+                "a session key under {:?} holds a value of another Redis type (written by \
+                 something else?): {}",
+                self.prefix,
+                self.target.describe(e)
+            ));
+        }
         if is_unavailable(e) {
             conn.reset_pool();
             Error::Unavailable(format!("Redis unreachable: {}", self.target.describe(e)))
@@ -394,6 +516,59 @@ impl State {
         Ok(self.seal(key, &self.codec.encode(obj)?))
     }
 
+    /// A head for a session created now: the absolute deadline by this machine's clock
+    /// corrected by the last known offset to the server's (the script checks it), and the
+    /// deadline itself (0: no absolute TTL).
+    fn proposed_head(&self, key: &str) -> (Vec<u8>, u64) {
+        let deadline = if self.abs_ms == 0 {
+            0
+        } else {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            (now + self.clock_offset_ms.load(Ordering::Relaxed)).max(0) as u64 + self.abs_ms
+        };
+        (self.signer.head(key.as_bytes(), deadline), deadline)
+    }
+
+    /// Learns the server clock from a `{'skew', now}` script reply; true if it was one.
+    fn learn_skew(&self, v: &redis::Value) -> bool {
+        let redis::Value::Array(items) = v else {
+            return false;
+        };
+        let [redis::Value::BulkString(tag), redis::Value::Int(server_now)] = items.as_slice()
+        else {
+            return false;
+        };
+        if tag != b"skew" {
+            return false;
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        self.clock_offset_ms
+            .store(server_now - now, Ordering::Relaxed);
+        true
+    }
+
+    fn insert_inv(
+        &self,
+        key: &str,
+        body: &[u8],
+        want_existing: bool,
+    ) -> redis::ScriptInvocation<'static> {
+        let (head, deadline) = self.proposed_head(key);
+        let mut inv = INSERT.prepare_invoke();
+        inv.key(key)
+            .arg(body)
+            .arg(self.idle_ms)
+            .arg(self.abs_ms)
+            .arg(u8::from(want_existing))
+            .arg(head)
+            .arg(deadline);
+        inv
+    }
+
     /// `INSERT` script: 1 stored; otherwise `Some(existing)` if asked for, else `None`.
     fn insert(
         &self,
@@ -402,43 +577,83 @@ impl State {
         body: &[u8],
         want_existing: bool,
     ) -> Result<std::result::Result<(), Option<Vec<u8>>>> {
-        let mut inv = INSERT.prepare_invoke();
-        inv.key(key)
-            .arg(body)
-            .arg(self.idle_ms)
-            .arg(self.abs_ms)
-            .arg(u8::from(want_existing));
-        let v = self.call(py, |c| inv.invoke::<redis::Value>(c))?;
+        let mut tries = 0;
+        let v = loop {
+            let inv = self.insert_inv(key, body, want_existing);
+            let v = self.call(py, |c| inv.invoke::<redis::Value>(c))?;
+            tries += 1;
+            if !(tries < SKEW_TRIES && self.learn_skew(&v)) {
+                break v;
+            }
+        };
+        self.insert_outcome(v)
+    }
+
+    fn insert_outcome(&self, v: redis::Value) -> Result<std::result::Result<(), Option<Vec<u8>>>> {
         Ok(match v {
             redis::Value::Int(1) => {
                 bump(&self.stats.creates);
                 Ok(())
             }
             redis::Value::BulkString(b) => Err(Some(b)),
-            _ => Err(None),
+            redis::Value::Int(0) => Err(None),
+            _ => return Err(self.clock_error()),
         })
+    }
+
+    fn clock_error(&self) -> Error {
+        Error::Unavailable(format!(
+            "Redis at {} keeps rejecting this machine's session deadlines: its clock moves \
+             more than a second away from ours between calls",
+            self.target.display
+        ))
     }
 
     /// Async `INSERT` with `want_existing`: None when stored, else the existing value.
     async fn ainsert(&self, key: &str, body: &[u8]) -> Result<Option<Vec<u8>>> {
-        let mut inv = INSERT.prepare_invoke();
-        inv.key(key)
-            .arg(body)
-            .arg(self.idle_ms)
-            .arg(self.abs_ms)
-            .arg(1u8);
         let conn = self.conn()?;
-        let r = async {
-            let mut c = conn.aconn().await?;
-            inv.invoke_async::<redis::Value>(&mut c).await
+        let mut tries = 0;
+        let v = loop {
+            let inv = self.insert_inv(key, body, true);
+            let r = async {
+                let mut c = conn.aconn().await?;
+                inv.invoke_async::<redis::Value>(&mut c).await
+            }
+            .await;
+            let v = self.async_result(&conn, r).await?;
+            tries += 1;
+            if !(tries < SKEW_TRIES && self.learn_skew(&v)) {
+                break v;
+            }
+        };
+        match self.insert_outcome(v)? {
+            Ok(()) => Ok(None),
+            Err(existing) => Ok(existing),
         }
-        .await;
-        if let redis::Value::BulkString(b) = self.async_result(&conn, r).await? {
-            Ok(Some(b))
-        } else {
-            bump(&self.stats.creates);
-            Ok(None)
+    }
+
+    /// `SET` script: the previous value (None if there was none). `fresh` also replaces
+    /// the stored head.
+    fn set(&self, py: Python<'_>, key: &str, body: &[u8], fresh: bool) -> Result<Option<Vec<u8>>> {
+        for _ in 0..SKEW_TRIES {
+            let (head, deadline) = self.proposed_head(key);
+            let mut inv = SET.prepare_invoke();
+            inv.key(key)
+                .arg(body)
+                .arg(self.idle_ms)
+                .arg(self.abs_ms)
+                .arg(head)
+                .arg(deadline)
+                .arg(self.signer.head_len())
+                .arg(u8::from(fresh));
+            match self.call(py, |c| inv.invoke::<redis::Value>(c))? {
+                redis::Value::Nil => return Ok(None),
+                redis::Value::BulkString(b) => return Ok(Some(b)),
+                v if self.learn_skew(&v) => {}
+                _ => break,
+            }
         }
+        Err(self.clock_error())
     }
 
     fn write_back_inv(
@@ -452,7 +667,8 @@ impl State {
             .key(&t.lock_key)
             .arg(&t.token)
             .arg(body)
-            .arg(self.idle_ms);
+            .arg(self.idle_ms)
+            .arg(self.signer.head_len());
         inv
     }
 
@@ -789,6 +1005,7 @@ impl PyRedisSessionManager {
             connect_timeout: Duration::from_secs(1),
             codec,
             signer: Signer::new(secret.as_deref()),
+            clock_offset_ms: AtomicI64::new(0),
             lock,
             lock_prefix,
             stats: Stats::default(),
@@ -888,18 +1105,18 @@ impl PyRedisSessionManager {
         let st = self.st()?;
         let key = st.key(sid);
         let body = st.encode(&key, context)?;
-        let mut inv = SET.prepare_invoke();
-        inv.key(&key).arg(&body).arg(st.idle_ms).arg(st.abs_ms);
-        let old = st.call(py, |c| inv.invoke::<Option<Vec<u8>>>(c))?;
+        let old = st.set(py, &key, &body, false)?;
         let Some(old) = old else {
             bump(&st.stats.creates);
             return Ok(None);
         };
-        // The new value is stored either way; an unreadable previous one is not worth an
-        // exception after the fact (the write repaired it): logged, counted, None.
         match st.decode(py, &key, &old) {
             Ok(v) => Ok(Some(v)),
             Err(e) => {
+                // The new body went in behind the old, unreadable head: replace that too so
+                // the write repairs the session, then report the old value as None (logged
+                // and counted, not raised after the fact).
+                st.set(py, &key, &body, true)?;
                 let e: PyErr = e.into();
                 pyglue::log(py, WARNING, || {
                     format!(

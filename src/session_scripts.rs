@@ -1,7 +1,9 @@
 //! The Lua scripts of `RedisSessionManager`. Pure text, no connection, no Python.
 //!
 //! A session is one string key `prefix + session_id` holding the value of `session_value`
-//! (a 13-digit absolute deadline header, then the body). Expiry is Redis's own: every write
+//! (a head: the 13-digit absolute deadline header, plus its tag when signed; then the body).
+//! The client makes the head when a session is created (it signs it) and the scripts check
+//! its deadline against the server clock; every later write keeps the stored head verbatim. Expiry is Redis's own: every write
 //! sets `PX` to the smaller of the idle TTL and the time left before the absolute deadline,
 //! and reads that refresh the idle clock do the same, so Redis never keeps a session past
 //! either limit. Reads without an idle TTL are plain `GET`s and idle-only reads are `GETEX`
@@ -17,8 +19,11 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
-local function header(dl)
-  return string.format('%013.0f', dl) .. ':'
+-- A head proposed by the client claims deadline dl for a session of absolute TTL abs: it
+-- must agree with the server clock within a second, else the client learns the server's
+-- time from the {'skew', now} reply and proposes again.
+local function skewed(dl, abs, now)
+  return abs > 0 and math.abs(dl - (now + abs)) > 1000
 end
 
 -- PX for a session whose absolute deadline is dl (0: none): nil = no expiry, <= 0 = expired
@@ -80,60 +85,67 @@ end
 return 1
 ";
 
-/// KEYS: session. ARGV: body, idle_ms, abs_ms. `set_session`: overwrite (keeping the
-/// absolute deadline) or create (starting it). Returns the previous value or nil.
+/// KEYS: session. ARGV: body, idle_ms, abs_ms, head, deadline_ms, head_len, fresh (0/1).
+/// `set_session`: overwrite (keeping the stored head, so the absolute deadline) or create
+/// (with the proposed head); `fresh` = 1 replaces the stored head too (the client found it
+/// unreadable). Returns the previous value, nil, or `{'skew', now}` (nothing written).
 pub const SET_BODY: &str = r"
 local k, body, idle, abs = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local head, dl, hl = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
 local old = redis.call('GET', k)
-local dl = 0
-if old then dl = deadline_of(old) end
+local odl = 0
+if old then odl = deadline_of(old) end
 local now = 0
-if dl > 0 or (not old and abs > 0) then now = now_ms() end
-if old and dl > 0 and dl <= now then old = false end
-if not old then
-  dl = 0
-  if abs > 0 then dl = now + abs end
+if odl > 0 or abs > 0 then now = now_ms() end
+if old and odl > 0 and odl <= now then old = false end
+if old and ARGV[7] ~= '1' then
+  head, dl = string.sub(old, 1, hl), odl
+elseif skewed(dl, abs, now) then
+  return {'skew', now}
 end
-store(k, header(dl) .. body, px_for(dl, idle, now))
+store(k, head .. body, px_for(dl, idle, now))
 return old
 ";
 
-/// KEYS: session. ARGV: body, idle_ms, abs_ms, want_existing (0/1). Create only if absent
-/// (`SET NX` semantics, in a script so the header carries the server's deadline). Returns 1
-/// when stored; otherwise the existing value if `want_existing`, else 0.
+/// KEYS: session. ARGV: body, idle_ms, abs_ms, want_existing (0/1), head, deadline_ms.
+/// Create only if absent (`SET NX` semantics, in a script so the proposed deadline is checked
+/// against the server clock). Returns 1 when stored; `{'skew', now}` when the deadline is off;
+/// otherwise the existing value if `want_existing`, else 0.
 pub const INSERT_BODY: &str = r"
 local k, body, idle, abs = KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local head, dl = ARGV[5], tonumber(ARGV[6])
 local v = redis.call('GET', k)
 if v then
   if ARGV[4] == '1' then return v end
   return 0
 end
-local now, dl = 0, 0
-if abs > 0 then now = now_ms() dl = now + abs end
+local now = 0
+if abs > 0 then now = now_ms() end
+if skewed(dl, abs, now) then return {'skew', now} end
 local px = px_for(dl, idle, now)
 if px == nil then
-  redis.call('SET', k, header(dl) .. body, 'NX')
+  redis.call('SET', k, head .. body, 'NX')
 else
-  redis.call('SET', k, header(dl) .. body, 'NX', 'PX', string.format('%.0f', px))
+  redis.call('SET', k, head .. body, 'NX', 'PX', string.format('%.0f', px))
 end
 return 1
 ";
 
-/// KEYS: session, lock. ARGV: token, body, idle_ms. Write-back under a distributed lock:
-/// only if the lock key still holds our token (else -1: the lock was lost) and only if the
-/// session still exists (else 0: deleted meanwhile, never resurrected). Returns 1 when
-/// written; the absolute deadline is kept.
+/// KEYS: session, lock. ARGV: token, body, idle_ms, head_len. Write-back under a distributed
+/// lock: only if the lock key still holds our token (else -1: the lock was lost) and only if
+/// the session still exists (else 0: deleted meanwhile, never resurrected). Returns 1 when
+/// written; the stored head (absolute deadline and its tag) is kept.
 pub const WRITE_BACK_BODY: &str = r"
 local k, lk, token, body, idle = KEYS[1], KEYS[2], ARGV[1], ARGV[2], tonumber(ARGV[3])
 if redis.call('GET', lk) ~= token then return -1 end
-local h = redis.call('GETRANGE', k, 0, 12)
+local h = redis.call('GETRANGE', k, 0, tonumber(ARGV[4]) - 1)
 if h == '' then return 0 end
-local dl = tonumber(h) or 0
+local dl = deadline_of(h)
 local now = 0
 if dl > 0 then now = now_ms() end
 local px = px_for(dl, idle, now)
 if px ~= nil and px <= 0 then redis.call('DEL', k) return 0 end
-store(k, header(dl) .. body, px)
+store(k, h .. body, px)
 return 1
 ";
 

@@ -361,6 +361,11 @@ class RedisSessionLock(Generic[_C]):
     def _ainsert(self, value: Any) -> Awaitable[bytes | None]: ...
     def _adiscard(self) -> Awaitable[None]: ...
 
+def _json_exact(obj: object) -> None:
+    """Raises ``TypeError`` unless ``obj`` round-trips exactly through JSON: exact ``dict``
+    (``str`` keys), ``list``, ``str``, ``int``, ``float``, ``bool``, ``None``; no tuples, sets,
+    bytes, subclasses or other objects. The rule of the ``"json"`` codec and ``DataclassCodec``."""
+
 class RedisSessionManager(Generic[_C]):
     """The ``BaseSessionManager`` interface backed by Redis, shared by processes and servers.
 

@@ -11,6 +11,8 @@ import dataclasses
 import json
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
+from ._sessionlock import _json_exact
+
 __all__ = ["Codec", "DataclassCodec"]
 
 _D = TypeVar("_D")
@@ -30,7 +32,8 @@ class Codec(Protocol):
 
 class DataclassCodec(Generic[_D]):
     """JSON for one dataclass type: stored as the JSON object of its fields, loaded back as
-    an instance of ``cls`` (nested values must be JSON types; no code runs on load beyond
+    an instance of ``cls`` (nested values must be JSON types that round-trip exactly, as for
+    the ``"json"`` codec, else ``dumps`` raises ``TypeError``; no code runs on load beyond
     ``cls.__init__``).
 
     >>> @dataclasses.dataclass
@@ -52,6 +55,7 @@ class DataclassCodec(Generic[_D]):
         if not isinstance(obj, self.cls):
             raise TypeError(f"expected {self.cls.__name__}, not {type(obj).__name__}")
         fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}  # type: ignore[arg-type]
+        _json_exact(fields)  # a tuple field would come back as a list: refused, like "json"
         return self._enc.encode(fields).encode()
 
     def loads(self, data: bytes) -> _D:
