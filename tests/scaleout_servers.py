@@ -111,18 +111,9 @@ class RedisCluster:
         self.nodes: list[Node] = []
         for _ in range(3):
             port = cluster_port()
-            self.nodes.append(
-                Node(
-                    port,
-                    self.root,
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    f"nodes-{port}.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                )  # fmt: skip
-            )
+            args = ["--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                    "--cluster-node-timeout", "2000"]  # fmt: skip
+            self.nodes.append(Node(port, self.root, *args))
 
     @property
     def url(self) -> str:
