@@ -1,5 +1,6 @@
 //! Everything a process needs to talk to Redis: where (URL or environment, password kept
-//! out of every string we show), the tokio runtime the async side runs on, the per-URL
+//! out of every string we show; one server, a Redis Cluster given by seed nodes, or the
+//! master a set of Sentinels names), the tokio runtime the async side runs on, the per-URL
 //! connections (a small pool of blocking connections for sync calls, one multiplexed
 //! connection for async calls and renewals, one pub/sub connection for hand-off notices),
 //! and the outage state behind the local fallback.
@@ -34,6 +35,24 @@ pub struct Target {
     url: String,
     password: Option<String>,
     pub display: String,
+    topology: Topology,
+}
+
+/// The three deployments a URL can name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Topology {
+    /// `redis://`, `rediss://`, `unix://`: `url` itself.
+    Single,
+    /// `redis+cluster://h1:p1,h2:p2/`: one `redis://` URL per seed node (credentials and TLS
+    /// carried into each).
+    Cluster { nodes: Vec<String> },
+    /// `redis+sentinel://h1:p1,h2:p2/service[/db]`: the Sentinels' URLs, the service name,
+    /// and a URL whose credentials, db and TLS mode apply to the master they name.
+    Sentinel {
+        sentinels: Vec<String>,
+        service: String,
+        node: String,
+    },
 }
 
 impl std::fmt::Debug for Target {
@@ -75,6 +94,63 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The deployment a URL names, from its parts (`scheme://[userinfo@]hosts tail`); the
+/// error is why the URL is malformed.
+fn topology_of(
+    scheme: &str,
+    userinfo: Option<&str>,
+    hosts: &str,
+    tail: &str,
+) -> std::result::Result<Topology, &'static str> {
+    let node_scheme = if scheme.starts_with("rediss") {
+        "rediss"
+    } else {
+        "redis"
+    };
+    let auth = userinfo.map(|u| format!("{u}@")).unwrap_or_default();
+    let host_list = || {
+        let list: Vec<&str> = hosts.split(',').map(str::trim).collect();
+        if list.iter().any(|h| h.is_empty()) {
+            return Err("expected host:port[,host:port...]");
+        }
+        Ok(list)
+    };
+    Ok(match scheme {
+        "redis+cluster" | "rediss+cluster" => {
+            if !matches!(tail, "" | "/") && !tail.starts_with('#') && !tail.starts_with("/#") {
+                return Err("a cluster URL has no database or path (cluster mode has db 0 only)");
+            }
+            let frag = tail.trim_start_matches('/');
+            let nodes = host_list()?
+                .into_iter()
+                .map(|h| format!("{node_scheme}://{auth}{h}/{frag}"))
+                .collect();
+            Topology::Cluster { nodes }
+        }
+        "redis+sentinel" | "rediss+sentinel" => {
+            let path = tail.split(['?', '#']).next().unwrap_or("");
+            let frag = &tail[path.len()..];
+            let mut parts = path.trim_start_matches('/').split('/');
+            let service = parts.next().unwrap_or("");
+            let db = parts.next().unwrap_or("0");
+            if service.is_empty() || parts.next().is_some() || db.parse::<u32>().is_err() {
+                return Err("expected redis+sentinel://host:port[,host:port...]/service_name[/db]");
+            }
+            // Sentinels themselves are asked without the data nodes' credentials.
+            let sentinels = host_list()?
+                .into_iter()
+                .map(|h| format!("{node_scheme}://{h}{frag}"))
+                .collect();
+            Topology::Sentinel {
+                sentinels,
+                service: percent_decode(service),
+                node: format!("{node_scheme}://{auth}sentinel-master/{db}{frag}"),
+            }
+        }
+        _ => Topology::Single,
+    })
+}
+
 impl Target {
     /// `url`, else `REDIS_URL`, else `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB`/`REDIS_PASSWORD`,
     /// else `redis://localhost:6379/0`. `env` is passed in so the rule is testable.
@@ -113,16 +189,31 @@ impl Target {
                 "Redis URL must look like redis://[user:password@]host[:port][/db]".into(),
             ));
         };
-        if !matches!(scheme, "redis" | "rediss" | "unix" | "redis+unix") {
+        if !matches!(
+            scheme,
+            "redis"
+                | "rediss"
+                | "unix"
+                | "redis+unix"
+                | "redis+cluster"
+                | "rediss+cluster"
+                | "redis+sentinel"
+                | "rediss+sentinel"
+        ) {
             return Err(Error::Value(format!(
-                "unsupported Redis URL scheme {scheme:?} (redis, rediss or unix)"
+                "unsupported Redis URL scheme {scheme:?} (redis, rediss, unix, redis+cluster, \
+                 rediss+cluster, redis+sentinel or rediss+sentinel)"
             )));
         }
         // userinfo is everything before the last '@' of the authority
         let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (password, display) = match rest[..authority_end].rfind('@') {
-            Some(at) => {
-                let userinfo = &rest[..at];
+        let (userinfo, hosts) = match rest[..authority_end].rfind('@') {
+            Some(at) => (Some(&rest[..at]), &rest[at + 1..authority_end]),
+            None => (None, &rest[..authority_end]),
+        };
+        let tail = &rest[authority_end..];
+        let (password, display) = match userinfo {
+            Some(userinfo) => {
                 let (user, pw) = match userinfo.split_once(':') {
                     Some((u, p)) => (u, Some(p)),
                     None => (userinfo, None),
@@ -133,19 +224,41 @@ impl Target {
                 };
                 (
                     pw.filter(|p| !p.is_empty()).map(percent_decode),
-                    format!("{scheme}://{shown}@{}", &rest[at + 1..]),
+                    format!("{scheme}://{shown}@{hosts}{tail}"),
                 )
             }
             None => (None, url.clone()),
         };
+        let invalid = |why: &str| Error::Value(format!("invalid Redis URL {display}: {why}"));
+        let topology = topology_of(scheme, userinfo, hosts, tail).map_err(&invalid)?;
         // validate now so a bad URL is a ValueError at construction, not an outage later
-        redis::Client::open(url.as_str())
-            .map_err(|e| Error::Value(format!("invalid Redis URL {display}: {}", e.category())))?;
+        let check = |u: &str| {
+            redis::Client::open(u)
+                .map(|_| ())
+                .map_err(|e| invalid(e.category()))
+        };
+        match &topology {
+            Topology::Single => check(&url)?,
+            Topology::Cluster { nodes } => nodes.iter().try_for_each(|n| check(n))?,
+            Topology::Sentinel {
+                sentinels, node, ..
+            } => {
+                sentinels.iter().try_for_each(|n| check(n))?;
+                check(node)?;
+            }
+        }
         Ok(Target {
             url,
             password,
             display,
+            topology,
         })
+    }
+
+    /// True for a Redis Cluster URL (where keyless commands would go to every master).
+    #[must_use]
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.topology, Topology::Cluster { .. })
     }
 
     /// `msg` with the password (raw or URL-encoded) masked.
@@ -238,10 +351,10 @@ impl Process {
         if let Some(c) = map.get(&target.url) {
             return Ok(c.clone());
         }
-        let client = redis::Client::open(target.url.as_str())
+        let source = Source::new(target, connect_timeout, io_timeout_for(connect_timeout))
             .map_err(|e| Error::Value(target.describe(&e)))?;
         let c = Arc::new(Conn {
-            client,
+            source,
             target: target.clone(),
             connect_timeout,
             pool: Mutex::new(Vec::new()),
@@ -312,14 +425,242 @@ pub struct Outage {
     pub backoff: Duration,
 }
 
+/// How connections to a target are made.
+enum Source {
+    Single(redis::Client),
+    /// The cluster client routes every keyed command to its slot's master and follows
+    /// MOVED/ASK/TRYAGAIN itself (with retries). Pub/sub needs no routing: a classic PUBLISH
+    /// reaches every node of the cluster, so the one subscription goes to the first seed
+    /// node that answers.
+    Cluster {
+        client: redis::cluster::ClusterClient,
+        seeds: Vec<redis::Client>,
+    },
+    /// The master is looked up from the Sentinels for every new connection, so the
+    /// connections made after a failover (the old ones fail and are dropped) go to the
+    /// promoted replica.
+    Sentinel {
+        sentinels: Vec<String>,
+        service: String,
+        node: redis::ConnectionInfo,
+    },
+}
+
+impl Source {
+    fn new(
+        target: &Target,
+        connect_timeout: Duration,
+        io_timeout: Duration,
+    ) -> redis::RedisResult<Self> {
+        Ok(match &target.topology {
+            Topology::Single => Source::Single(redis::Client::open(target.url.as_str())?),
+            Topology::Cluster { nodes } => Source::Cluster {
+                client: redis::cluster::ClusterClient::builder(nodes.iter().map(String::as_str))
+                    .connection_timeout(connect_timeout)
+                    .response_timeout(io_timeout)
+                    .build()?,
+                seeds: nodes
+                    .iter()
+                    .map(|n| redis::Client::open(n.as_str()))
+                    .collect::<redis::RedisResult<_>>()?,
+            },
+            Topology::Sentinel {
+                sentinels,
+                service,
+                node,
+            } => Source::Sentinel {
+                sentinels: sentinels.clone(),
+                service: service.clone(),
+                node: redis::IntoConnectionInfo::into_connection_info(node.as_str())?,
+            },
+        })
+    }
+
+    fn sentinel_client(
+        sentinels: &[String],
+        service: &str,
+        node: &redis::ConnectionInfo,
+    ) -> redis::RedisResult<redis::sentinel::SentinelClient> {
+        let mut info = redis::sentinel::SentinelNodeConnectionInfo::default()
+            .set_redis_connection_info(node.redis_settings().clone());
+        if let redis::ConnectionAddr::TcpTls { insecure, .. } = node.addr() {
+            info = info.set_tls_mode(if *insecure {
+                redis::TlsMode::Insecure
+            } else {
+                redis::TlsMode::Secure
+            });
+        }
+        redis::sentinel::SentinelClient::build(
+            sentinels.iter().map(String::as_str).collect(),
+            service,
+            Some(info),
+            redis::sentinel::SentinelServerType::Master,
+        )
+    }
+
+    /// A client for one node: the server, the master the Sentinels name now, or a seed
+    /// node of the cluster that accepts a connection (for pub/sub).
+    fn node_sync(&self, connect_timeout: Duration) -> redis::RedisResult<redis::Client> {
+        match self {
+            Source::Single(c) => Ok(c.clone()),
+            Source::Cluster { seeds, .. } => {
+                let mut last = None;
+                for seed in seeds {
+                    match seed.get_connection_with_timeout(connect_timeout) {
+                        Ok(_) => return Ok(seed.clone()),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.expect("a cluster URL has at least one node"))
+            }
+            Source::Sentinel {
+                sentinels,
+                service,
+                node,
+            } => Self::sentinel_client(sentinels, service, node)?.get_client(),
+        }
+    }
+
+    async fn node_async(&self, connect_timeout: Duration) -> redis::RedisResult<redis::Client> {
+        match self {
+            Source::Single(c) => Ok(c.clone()),
+            Source::Cluster { seeds, .. } => {
+                let mut last = None;
+                for seed in seeds {
+                    let cfg = redis::AsyncConnectionConfig::new()
+                        .set_connection_timeout(Some(connect_timeout));
+                    match seed
+                        .get_multiplexed_async_connection_with_config(&cfg)
+                        .await
+                    {
+                        Ok(_) => return Ok(seed.clone()),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.expect("a cluster URL has at least one node"))
+            }
+            Source::Sentinel {
+                sentinels,
+                service,
+                node,
+            } => {
+                Self::sentinel_client(sentinels, service, node)?
+                    .async_get_client()
+                    .await
+            }
+        }
+    }
+}
+
+/// A blocking connection: to one node (a server, or the master Sentinel named), or a
+/// cluster connection that routes each command to its slot's master.
+pub enum SyncConn {
+    Node(redis::Connection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
+}
+
+impl redis::ConnectionLike for SyncConn {
+    fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
+        match self {
+            SyncConn::Node(c) => c.req_packed_command(cmd),
+            SyncConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands(
+        &mut self,
+        cmd: &[u8],
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisResult<Vec<redis::Value>> {
+        match self {
+            SyncConn::Node(c) => c.req_packed_commands(cmd, offset, count),
+            SyncConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn req_command(&mut self, cmd: &redis::Cmd) -> redis::RedisResult<redis::Value> {
+        match self {
+            SyncConn::Node(c) => c.req_command(cmd),
+            SyncConn::Cluster(c) => c.req_command(cmd),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            SyncConn::Node(c) => c.get_db(),
+            SyncConn::Cluster(c) => c.get_db(),
+        }
+    }
+
+    fn supports_pipelining(&self) -> bool {
+        match self {
+            SyncConn::Node(c) => c.supports_pipelining(),
+            SyncConn::Cluster(c) => c.supports_pipelining(),
+        }
+    }
+
+    fn check_connection(&mut self) -> bool {
+        match self {
+            SyncConn::Node(c) => c.check_connection(),
+            SyncConn::Cluster(c) => c.check_connection(),
+        }
+    }
+
+    fn is_open(&self) -> bool {
+        match self {
+            SyncConn::Node(c) => c.is_open(),
+            SyncConn::Cluster(c) => c.is_open(),
+        }
+    }
+}
+
+/// The async counterpart of [`SyncConn`]; cheap to clone (both kinds multiplex).
+#[derive(Clone)]
+pub enum AConn {
+    Node(MultiplexedConnection),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for AConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            AConn::Node(c) => c.req_packed_command(cmd),
+            AConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            AConn::Node(c) => c.req_packed_commands(cmd, offset, count),
+            AConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            AConn::Node(c) => c.get_db(),
+            AConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
 pub struct Conn {
-    client: redis::Client,
+    source: Source,
     pub target: Target,
     connect_timeout: Duration,
     /// Idle blocking connections. A connection is taken out while used, so the mutex is
     /// held only for a push/pop, never across I/O.
-    pool: Mutex<Vec<redis::Connection>>,
-    aconn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    pool: Mutex<Vec<SyncConn>>,
+    aconn: tokio::sync::Mutex<Option<AConn>>,
     pub hub: Hub,
     /// The thread waiters' fast path (see `wait_sync`): a blocking RESP3 pub/sub
     /// connection that a waiting thread reads itself. The mutex is held by the one thread
@@ -334,24 +675,41 @@ pub struct Conn {
 
 const MAX_IDLE: usize = 8;
 
+/// How long one command may take before its connection counts as broken.
+fn io_timeout_for(connect_timeout: Duration) -> Duration {
+    connect_timeout.max(Duration::from_millis(500)) * 2
+}
+
 /// The connection is unusable (as opposed to a script or server error).
 #[must_use]
 pub fn is_broken(e: &redis::RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_unrecoverable_error()
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_unrecoverable_error()
+        // a master demoted by a Sentinel failover: reconnect, which asks the Sentinels again
+        || e.code() == Some("READONLY")
 }
 
 impl Conn {
     fn io_timeout(&self) -> Duration {
-        self.connect_timeout.max(Duration::from_millis(500)) * 2
+        io_timeout_for(self.connect_timeout)
     }
 
-    fn connect_sync(&self) -> redis::RedisResult<redis::Connection> {
+    fn connect_sync(&self) -> redis::RedisResult<SyncConn> {
+        if let Source::Cluster { client, .. } = &self.source {
+            let c = client.get_connection()?;
+            c.set_read_timeout(Some(self.io_timeout()))?;
+            c.set_write_timeout(Some(self.io_timeout()))?;
+            return Ok(SyncConn::Cluster(Box::new(c)));
+        }
         let c = self
-            .client
+            .source
+            .node_sync(self.connect_timeout)?
             .get_connection_with_timeout(self.connect_timeout)?;
         c.set_read_timeout(Some(self.io_timeout()))?;
         c.set_write_timeout(Some(self.io_timeout()))?;
-        Ok(c)
+        Ok(SyncConn::Node(c))
     }
 
     /// Runs `f` on a pooled blocking connection (the caller has released the GIL). An idle
@@ -359,7 +717,7 @@ impl Conn {
     /// replaced and `f` retried once on a fresh one; every script is safe to repeat.
     pub fn sync<T>(
         &self,
-        mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+        mut f: impl FnMut(&mut SyncConn) -> redis::RedisResult<T>,
     ) -> redis::RedisResult<T> {
         let pooled = self.pool.lock().pop();
         let was_pooled = pooled.is_some();
@@ -382,6 +740,48 @@ impl Conn {
         r
     }
 
+    /// Every key matching `pattern` (SCAN ... MATCH, on every master of a cluster in turn).
+    /// SCAN may return a key twice: callers dedup. Call with the GIL released.
+    pub fn scan_keys(&self, pattern: &str) -> redis::RedisResult<Vec<Vec<u8>>> {
+        self.sync(|c| {
+            let mut out = Vec::new();
+            match c {
+                SyncConn::Node(n) => scan_one(|cmd| cmd.query(n), pattern, &mut out)?,
+                SyncConn::Cluster(cl) => {
+                    let nodes: String = redis::cmd("CLUSTER").arg("NODES").query(cl)?;
+                    for (host, port) in cluster_masters(&nodes) {
+                        let route = redis::cluster_routing::RoutingInfo::SingleNode(
+                            redis::cluster_routing::SingleNodeRoutingInfo::ByAddress { host, port },
+                        );
+                        scan_one(
+                            |cmd| {
+                                let v = cl.route_command(cmd, route.clone())?;
+                                Ok(redis::from_redis_value(v)?)
+                            },
+                            pattern,
+                            &mut out,
+                        )?;
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    /// Deletes `keys` (UNLINK; one key per command on a cluster, where they span slots).
+    /// Returns how many existed. Call with the GIL released.
+    pub fn unlink(&self, keys: &[Vec<u8>]) -> redis::RedisResult<usize> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        self.sync(|c| match c {
+            SyncConn::Node(n) => redis::cmd("UNLINK").arg(keys).query(n),
+            SyncConn::Cluster(cl) => keys.iter().try_fold(0, |n, k| {
+                Ok(n + redis::cmd("UNLINK").arg(k).query::<usize>(cl)?)
+            }),
+        })
+    }
+
     /// Drops every idle blocking connection (after an outage they are all dead).
     pub fn reset_pool(&self) {
         let idle = std::mem::take(&mut *self.pool.lock());
@@ -389,18 +789,25 @@ impl Conn {
     }
 
     /// The shared multiplexed connection (reconnects after a failure).
-    pub async fn aconn(&self) -> redis::RedisResult<MultiplexedConnection> {
+    pub async fn aconn(&self) -> redis::RedisResult<AConn> {
         let mut guard = self.aconn.lock().await;
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let cfg = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.connect_timeout))
-            .set_response_timeout(Some(self.io_timeout()));
-        let c = self
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await?;
+        let c = if let Source::Cluster { client, .. } = &self.source {
+            AConn::Cluster(client.get_async_connection().await?)
+        } else {
+            let cfg = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(self.connect_timeout))
+                .set_response_timeout(Some(self.io_timeout()));
+            AConn::Node(
+                self.source
+                    .node_async(self.connect_timeout)
+                    .await?
+                    .get_multiplexed_async_connection_with_config(&cfg)
+                    .await?,
+            )
+        };
         *guard = Some(c.clone());
         Ok(c)
     }
@@ -524,7 +931,12 @@ impl Conn {
             (missing, sub.is_none())
         };
         if fresh {
-            let info = self.client.get_connection_info().clone();
+            let info = self
+                .source
+                .node_sync(self.connect_timeout)
+                .map_err(|_| ())?
+                .get_connection_info()
+                .clone();
             let settings = info
                 .redis_settings()
                 .clone()
@@ -560,14 +972,20 @@ impl Conn {
             return Ok(());
         }
         if !sub.alive.load(Ordering::Acquire) || sub.sink.is_none() {
-            let ps = tokio::time::timeout(self.connect_timeout, self.client.get_async_pubsub())
-                .await
-                .map_err(|_| {
-                    redis::RedisError::from(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "pub/sub connect timed out",
-                    ))
-                })??;
+            let ps = tokio::time::timeout(self.connect_timeout, async {
+                self.source
+                    .node_async(self.connect_timeout)
+                    .await?
+                    .get_async_pubsub()
+                    .await
+            })
+            .await
+            .map_err(|_| {
+                redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "pub/sub connect timed out",
+                ))
+            })??;
             let (sink, mut stream) = ps.split();
             let alive = Arc::new(AtomicBool::new(true));
             sub.alive = alive.clone();
@@ -602,6 +1020,49 @@ impl Conn {
         sub.patterns.push(pattern);
         Ok(())
     }
+}
+
+/// One SCAN walk on one node.
+fn scan_one(
+    mut run: impl FnMut(&redis::Cmd) -> redis::RedisResult<(u64, Vec<Vec<u8>>)>,
+    pattern: &str,
+    out: &mut Vec<Vec<u8>>,
+) -> redis::RedisResult<()> {
+    let mut cursor = 0u64;
+    loop {
+        let cmd = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .clone();
+        let (next, keys) = run(&cmd)?;
+        out.extend(keys);
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// `(host, port)` of every master that is not failed, from a `CLUSTER NODES` reply.
+fn cluster_masters(nodes: &str) -> Vec<(String, u16)> {
+    nodes
+        .lines()
+        .filter_map(|line| {
+            let mut f = line.split(' ');
+            let (_id, addr, flags) = (f.next()?, f.next()?, f.next()?);
+            let is_master = flags.split(',').any(|x| x == "master");
+            let failed = flags.split(',').any(|x| x == "fail" || x == "fail?");
+            if !is_master || failed {
+                return None;
+            }
+            let hostport = addr.split(['@', ',']).next()?;
+            let (host, port) = hostport.rsplit_once(':')?;
+            Some((host.to_owned(), port.parse().ok()?))
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -814,6 +1275,67 @@ mod tests {
         assert_eq!(t.display, "rediss://user:***@h:6380/0");
         assert!(Target::resolve(Some("http://h"), &env_of(&[])).is_err());
         assert!(Target::resolve(Some("nonsense"), &env_of(&[])).is_err());
+    }
+
+    #[test]
+    fn cluster_and_sentinel_urls() {
+        let t = Target::resolve(
+            Some("redis+cluster://u:pw@10.0.0.1:7000,10.0.0.2:7001/"),
+            &env_of(&[]),
+        )
+        .unwrap();
+        assert_eq!(
+            t.display,
+            "redis+cluster://u:***@10.0.0.1:7000,10.0.0.2:7001/"
+        );
+        assert_eq!(
+            t.topology,
+            Topology::Cluster {
+                nodes: vec![
+                    "redis://u:pw@10.0.0.1:7000/".into(),
+                    "redis://u:pw@10.0.0.2:7001/".into()
+                ]
+            }
+        );
+        assert!(t.is_cluster());
+        let t = Target::resolve(
+            Some("rediss+sentinel://:pw@s1:26379,s2:26379/mymaster/2"),
+            &env_of(&[]),
+        )
+        .unwrap();
+        assert_eq!(
+            t.display,
+            "rediss+sentinel://:***@s1:26379,s2:26379/mymaster/2"
+        );
+        assert_eq!(
+            t.topology,
+            Topology::Sentinel {
+                sentinels: vec!["rediss://s1:26379".into(), "rediss://s2:26379".into()],
+                service: "mymaster".into(),
+                node: "rediss://:pw@sentinel-master/2".into(),
+            }
+        );
+        for bad in [
+            "redis+cluster://h:1/3",
+            "redis+cluster://h:1,/",
+            "redis+sentinel://h:1/",
+            "redis+sentinel://h:1/svc/db",
+            "redis+sentinel://h:1/svc/0/x",
+        ] {
+            assert!(Target::resolve(Some(bad), &env_of(&[])).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn masters_from_cluster_nodes() {
+        let nodes = "a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460\n\
+                     b 127.0.0.1:7001@17001 slave a 0 0 1 connected\n\
+                     c 127.0.0.1:7002@17002,host master,fail - 0 0 2 connected\n\
+                     d 127.0.0.1:7003@17003 master - 0 0 3 connected 5461-16383\n";
+        assert_eq!(
+            cluster_masters(nodes),
+            vec![("127.0.0.1".into(), 7000), ("127.0.0.1".into(), 7003)]
+        );
     }
 
     #[test]

@@ -959,7 +959,7 @@ impl PyRedisLock {
         }
         let key = key_text(key)?;
         let ttl = self.core.ttl_for(ttl)?;
-        let full = format!("{}{}", self.core.prefix, key);
+        let full = crate::redis_scripts::tagged(&self.core.prefix, &key);
         Ok(PyLockHandle {
             inner: Arc::new(HandleInner {
                 core: self.core.clone(),
@@ -997,7 +997,10 @@ impl PyRedisLock {
 
     fn names_for(&self, key: &Bound<'_, PyAny>) -> Result<Names> {
         let key = key_text(key)?;
-        Ok(Names::new(&format!("{}{}", self.core.prefix, key)))
+        Ok(Names::new(&crate::redis_scripts::tagged(
+            &self.core.prefix,
+            &key,
+        )))
     }
 
     /// (token, pttl ms) of the holder, from Redis or, in an outage, the local table.

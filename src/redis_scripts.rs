@@ -2,7 +2,9 @@
 //! connection, no Python. Every state change of a lock is one of these scripts, so each is
 //! atomic on the server and costs one round trip.
 //!
-//! Names, for a lock whose full key is `K` (= prefix + user key):
+//! Names, for a lock whose full key is `K` (= `prefix{key}`: the user key is a Redis Cluster
+//! hash tag, so `K` and every helper name below hash to one slot and each script touches a
+//! single slot; on a single server the braces are just characters):
 //!
 //! | name              | type   | what                                                   |
 //! |-------------------|--------|--------------------------------------------------------|
@@ -26,6 +28,28 @@ pub const FENCE_SUFFIX: &str = "\0fence";
 pub const QUEUE_SUFFIX: &str = "\0queue";
 pub const WAITERS_SUFFIX: &str = "\0waiters";
 pub const CHANNEL_SUFFIX: &str = "\0released";
+
+/// The full Redis key of `key` under `prefix`: `prefix{key}`. The braces make `key` the
+/// cluster hash tag of this name and of every name made by appending to it. (Should `prefix`
+/// itself hold a `{...}` tag, that one wins: all keys of the prefix share one slot, which is
+/// still consistent.)
+#[must_use]
+pub fn tagged(prefix: &str, key: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + key.len() + 2);
+    out.push_str(prefix);
+    out.push('{');
+    out.push_str(key);
+    out.push('}');
+    out
+}
+
+/// The key inside `prefix{key}`, the inverse of [`tagged`].
+#[must_use]
+pub fn untagged<'a>(prefix: &str, full: &'a str) -> Option<&'a str> {
+    full.strip_prefix(prefix)?
+        .strip_prefix('{')?
+        .strip_suffix('}')
+}
 
 /// The four keys every script takes, in `KEYS[1..4]` order, and the channel name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +233,14 @@ pub fn with_prologue(body: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tagging_round_trips() {
+        assert_eq!(tagged("p:", "42"), "p:{42}");
+        assert_eq!(untagged("p:", "p:{42}"), Some("42"));
+        assert_eq!(untagged("p:", "p:42"), None);
+        assert_eq!(untagged("p:", "q:{42}"), None);
+    }
 
     #[test]
     fn names_do_not_collide_with_user_keys() {

@@ -316,6 +316,12 @@ fn within(e: JsonRefusal, step: &str) -> JsonRefusal {
     }
 }
 
+/// The session id of a Redis key `prefix{sid}` (None for a key of another shape).
+fn sid_of_key(prefix: &str, key: &[u8]) -> Option<String> {
+    let key = std::str::from_utf8(key).ok()?;
+    crate::redis_scripts::untagged(prefix, key).map(str::to_owned)
+}
+
 // ---------------------------------------------------------------------------------------
 // Shared state
 
@@ -383,11 +389,18 @@ fn is_unavailable(e: &redis::RedisError) -> bool {
 }
 
 impl State {
+    /// The session's Redis key, `prefix{sid}`: hash-tagged so that on a cluster it shares
+    /// its slot with the session's lock keys (`lock_prefix{sid}...`).
     fn key(&self, sid: &str) -> String {
-        let mut k = String::with_capacity(self.prefix.len() + sid.len());
-        k.push_str(&self.prefix);
-        k.push_str(sid);
-        k
+        crate::redis_scripts::tagged(&self.prefix, sid)
+    }
+
+    /// Every Redis key under the prefix (GIL released).
+    fn scan(&self, py: Python<'_>) -> Result<Vec<Vec<u8>>> {
+        let conn = self.conn()?;
+        let pattern = scripts::scan_pattern(&self.prefix);
+        py.detach(|| conn.scan_keys(&pattern))
+            .map_err(|e| self.map_err(&conn, &e))
     }
 
     fn conn(&self) -> Result<Arc<Conn>> {
@@ -421,7 +434,7 @@ impl State {
     fn call<T: Send>(
         &self,
         py: Python<'_>,
-        f: impl Fn(&mut redis::Connection) -> redis::RedisResult<T> + Send + Sync,
+        f: impl Fn(&mut crate::redis_conn::SyncConn) -> redis::RedisResult<T> + Send + Sync,
     ) -> Result<T> {
         let conn = self.conn()?;
         py.detach(|| {
@@ -1314,55 +1327,22 @@ impl PyRedisSessionManager {
 
     fn clear(&self, py: Python<'_>) -> Result<usize> {
         let st = self.st()?;
-        let mut n = 0;
-        let mut cursor = 0u64;
-        let pattern = scripts::scan_pattern(&st.prefix);
-        loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = st.call(py, |c| {
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query(c)
-            })?;
-            if !keys.is_empty() {
-                n += st.call(py, |c| redis::cmd("UNLINK").arg(&keys).query::<usize>(c))?;
-            }
-            if next == 0 {
-                return Ok(n);
-            }
-            cursor = next;
-        }
+        let mut keys = st.scan(py)?;
+        keys.sort_unstable();
+        keys.dedup(); // SCAN may return a key twice
+        let conn = st.conn()?;
+        py.detach(|| conn.unlink(&keys))
+            .map_err(|e| st.map_err(&conn, &e))
     }
 
     /// Every session id under the prefix (a SCAN: O(number of keys), for tests and admin).
     fn session_ids(&self, py: Python<'_>) -> Result<Vec<String>> {
         let st = self.st()?;
-        let mut out = Vec::new();
-        let mut cursor = 0u64;
-        let pattern = scripts::scan_pattern(&st.prefix);
-        loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = st.call(py, |c| {
-                redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query(c)
-            })?;
-            for k in keys {
-                if let Some(id) = k.get(st.prefix.len()..) {
-                    out.push(String::from_utf8_lossy(id).into_owned());
-                }
-            }
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        let mut out: Vec<String> = st
+            .scan(py)?
+            .iter()
+            .filter_map(|k| sid_of_key(&st.prefix, k))
+            .collect();
         out.sort_unstable();
         out.dedup(); // SCAN may return a key twice
         Ok(out)
@@ -1578,7 +1558,7 @@ impl PyRedisSessionLock {
     /// The full Redis key of the lock.
     #[getter]
     fn key(&self) -> String {
-        format!("{}{}", self.st.lock_prefix, self.sid)
+        crate::redis_scripts::tagged(&self.st.lock_prefix, &self.sid)
     }
 
     #[pyo3(signature = (blocking=true, timeout=-1.0), text_signature = "(self, /, blocking=True, timeout=-1)")]

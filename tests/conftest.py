@@ -12,7 +12,8 @@ import pytest
 
 import sessionlock
 
-pytest_plugins = ["redis_server"]  # the private redis-server fixture (tests/redis_server.py)
+# private servers: redis-server (tests/redis_server.py), Cluster and Sentinel (scaleout_servers)
+pytest_plugins = ["redis_server", "scaleout_servers"]
 
 
 @pytest.fixture

@@ -57,14 +57,14 @@ def test_acquire_release_and_names(lk: RedisLock, redis_server: RedisServer) -> 
     key = new_key()
     h = lk.acquire(key)
     assert h and h.acquired and h.backend == "redis"
-    assert h.key == f"sessionlock:{key}"
+    assert h.key == f"sessionlock:{{{key}}}"  # the user key is the cluster hash tag
     assert isinstance(h.fencing_token, int)
     assert lk.is_locked(key)
     info = lk.holder(key)
     assert info is not None and info.token == h.token and 0 < info.ttl <= 5
     r = redis_server.client()
     assert r.get(h.key) == h.token.encode()
-    assert r.exists(f"sessionlock:{key}\0fence")
+    assert r.exists(h.key + "\0fence")
     assert h.release() is True
     assert h.release() is False  # safe to retry
     assert not lk.is_locked(key)
@@ -76,7 +76,7 @@ def test_int_keys_and_recommendation_defaults(redis_url: str, redis_server: Redi
     assert isinstance(rl, RedisLock)
     uid = int(uuid.uuid4().int % 10**9)
     with rl.acquire(uid, timeout=300) as h:
-        assert h.key == f"job_recommendation_lock:user:{uid}"
+        assert h.key == f"job_recommendation_lock:user:{{{uid}}}"
         info = rl.holder(uid)
         assert info is not None and 299 < info.ttl <= 300
     with rl.acquire(uid, 20, wait=1) as h:

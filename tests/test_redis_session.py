@@ -49,7 +49,7 @@ def mgr(redis_url: str) -> Iterator[Mgr]:
 
 
 def raw_key(m: Mgr, sid: str) -> str:
-    return m.prefix + sid
+    return f"{m.prefix}{{{sid}}}"  # the session id is the cluster hash tag
 
 
 # --- interface parity --------------------------------------------------------------------
@@ -799,7 +799,7 @@ def test_cancelled_async_waiter_leaves_no_trace(mgr: Mgr, redis_url: str) -> Non
 
     client = redis.Redis.from_url(redis_url)
     sid = mgr.create_session({"n": 0})
-    queue = f"{mgr.prefix[:-1]}-lock:{sid}\0queue"  # RedisLock's wait queue of the session lock
+    queue = f"{mgr.prefix[:-1]}-lock:{{{sid}}}\0queue"  # the session lock's wait queue
 
     async def main() -> None:
         holding, release = asyncio.Event(), asyncio.Event()

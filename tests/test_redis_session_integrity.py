@@ -21,6 +21,10 @@ SECRET = "s" * 32
 Mgr = RedisSessionManager[Any]
 
 
+def raw_key(m: Mgr, sid: str) -> str:
+    return f"{m.prefix}{{{sid}}}"  # the session id is the cluster hash tag
+
+
 def new_prefix() -> str:
     return f"t{uuid.uuid4().hex[:12]}:s:"
 
@@ -41,7 +45,7 @@ def test_flipping_any_stored_byte_is_rejected(
     )
     r = redis_server.client()
     sid = m.create_session({"step": 1, "history": ["hi"]})
-    key = m.prefix + sid
+    key = raw_key(m, sid)
     good = r.get(key)
     assert good is not None
     for i in range(len(good)):
@@ -62,7 +66,7 @@ def test_the_absolute_deadline_cannot_be_removed(redis_url: str, redis_server: R
     m: Mgr = RedisSessionManager(redis_url, prefix=new_prefix(), secret=SECRET, absolute_ttl=60)
     r = redis_server.client()
     sid = m.create_session({"a": 1})
-    key = m.prefix + sid
+    key = raw_key(m, sid)
     good = r.get(key)
     assert good is not None and good[13:14] == b":" and good[:13] != b"0" * 13
     r.set(key, b"0" * 13 + good[13:])
@@ -84,16 +88,16 @@ def test_the_deadline_is_the_servers(redis_url: str, redis_server: RedisServer) 
     for s in (sid, "b", "c"):
         secs, micros = r.time()
         server_now_ms = secs * 1000 + micros // 1000
-        deadline = int(r.get(m.prefix + s)[:13])
+        deadline = int(r.get(raw_key(m, s))[:13])
         assert abs(deadline - (server_now_ms + 60_000)) < 1500
-        assert 58_000 < r.pttl(m.prefix + s) <= 60_000
+        assert 58_000 < r.pttl(raw_key(m, s)) <= 60_000
     # later writes keep the head (and so the deadline) they found
-    head = r.get(m.prefix + sid)[:46]
+    head = r.get(raw_key(m, sid))[:46]
     m.set_session(sid, {"x": 1})
     m.update(sid, lambda c: {**c, "y": 2})
     with m.lock(sid) as ctx:
         ctx["z"] = 3
-    assert r.get(m.prefix + sid)[:46] == head
+    assert r.get(raw_key(m, sid))[:46] == head
     assert m.get_session(sid) == {"x": 1, "y": 2, "z": 3}
     m.clear()
 
@@ -104,8 +108,8 @@ def test_set_session_repairs_a_tampered_head(
     m: Mgr = RedisSessionManager(redis_url, prefix=new_prefix(), secret=SECRET)
     r = redis_server.client()
     m.insert_session("a", {"v": 1})
-    good = r.get(m.prefix + "a")
-    r.set(m.prefix + "a", good[:20] + bytes([good[20] ^ 1]) + good[21:])  # inside the head tag
+    good = r.get(raw_key(m, "a"))
+    r.set(raw_key(m, "a"), good[:20] + bytes([good[20] ^ 1]) + good[21:])  # inside the head tag
     with caplog.at_level(logging.WARNING, logger="sessionlock"):
         assert m.set_session("a", {"v": 2}) is None
     assert "unreadable" in caplog.text
@@ -140,7 +144,7 @@ def test_json_refuses_what_it_would_not_give_back(
 ) -> None:
     mgr.insert_session("keep", {"v": 0})
     r = redis_server.client()
-    before = r.get(mgr.prefix + "keep")
+    before = r.get(raw_key(mgr, "keep"))
     calls = [
         lambda: mgr.create_session(value),
         lambda: mgr.insert_session("new", value),
@@ -154,7 +158,7 @@ def test_json_refuses_what_it_would_not_give_back(
         assert where in str(info.value)
     with pytest.raises(TypeError, match="exactly"), mgr.lock("keep") as ctx:
         ctx["bad"] = value
-    assert r.get(mgr.prefix + "keep") == before  # nothing written
+    assert r.get(raw_key(mgr, "keep")) == before  # nothing written
     assert "new" not in mgr
     assert len(mgr) == 1
 
@@ -194,8 +198,8 @@ def test_dataclass_codec_refuses_inexact_fields(redis_url: str) -> None:
 
 def test_a_key_of_another_redis_type_is_corrupted(mgr: Mgr, redis_server: RedisServer) -> None:
     r = redis_server.client()
-    r.hset(mgr.prefix + "h", "field", "value")
-    r.rpush(mgr.prefix + "l", "x")
+    r.hset(raw_key(mgr, "h"), "field", "value")
+    r.rpush(raw_key(mgr, "l"), "x")
     before = mgr.stats()["corrupted"]
     for sid in ("h", "l"):
         for call in (
@@ -209,4 +213,4 @@ def test_a_key_of_another_redis_type_is_corrupted(mgr: Mgr, redis_server: RedisS
             with pytest.raises(SessionCorrupted, match="another Redis type"):
                 call(sid)
     assert mgr.stats()["corrupted"] >= before + 12
-    assert r.type(mgr.prefix + "h") == b"hash"  # nothing overwritten
+    assert r.type(raw_key(mgr, "h")) == b"hash"  # nothing overwritten

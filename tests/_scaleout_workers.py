@@ -1,0 +1,75 @@
+"""Worker functions for the Cluster / Sentinel tests (importable by spawned children)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import sessionlock
+
+
+def exclusive_section(url: str, key: str, marker: str, n: int, start: Any, q: Any) -> None:
+    """n acquisitions of `key`; inside each, an O_EXCL marker file proves nobody else is in.
+    Reports (overlaps, fencing tokens in the order this worker saw them)."""
+    lk = sessionlock.RedisLock(url, wait=60, fallback="raise")
+    start.wait()
+    overlaps, fences = 0, []
+    for _ in range(n):
+        with lk.acquire(key) as h:
+            try:
+                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                overlaps += 1
+            else:
+                os.close(fd)
+                os.unlink(marker)
+            fences.append(h.fencing_token)
+    lk.close()
+    q.put((overlaps, fences))
+
+
+def lock_loop(url: str, keys: list[str], marker_dir: str, stop: Any, q: Any) -> None:
+    """Locks and unlocks `keys` round-robin until `stop` is set (a reshard runs meanwhile).
+    Reports (acquisitions, overlaps, errors as text)."""
+    lk = sessionlock.RedisLock(url, wait=30, fallback="raise")
+    done, overlaps, errors = 0, 0, []
+    i = 0
+    while not stop.is_set() and done < 100_000:
+        key = keys[i % len(keys)]
+        i += 1
+        try:
+            with lk.acquire(key):
+                marker = os.path.join(marker_dir, key)
+                try:
+                    fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    overlaps += 1
+                else:
+                    os.close(fd)
+                    os.unlink(marker)
+            done += 1
+        except Exception as e:  # every error counts: none may reach the caller
+            errors.append(f"{type(e).__name__}: {e}")
+    lk.close()
+    q.put((done, overlaps, errors[:5]))
+
+
+def _inc(ctx: dict[str, Any]) -> dict[str, Any]:
+    ctx["n"] += 1
+    return ctx
+
+
+def session_updates(url: str, prefix: str, users: int, rounds: int, start: Any) -> None:
+    """`rounds` increments of every user's counter, by update() and `with lock()`."""
+    mgr: sessionlock.RedisSessionManager[dict[str, Any]] = sessionlock.RedisSessionManager(
+        url, prefix=prefix, lock_wait=60
+    )
+    start.wait()
+    for r in range(rounds):
+        for u in range(users):
+            if (r + u) % 2:
+                mgr.update(f"user{u}", _inc)
+            else:
+                with mgr.lock(f"user{u}") as ctx:
+                    assert ctx is not None
+                    ctx["n"] += 1
