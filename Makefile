@@ -14,15 +14,15 @@ install:  ## build the Rust core (release) and install the package with test and
 	$(PY) -m pip install -q -e '.[test,lint]'
 
 lint:
-	cargo fmt --check
-	cargo clippy --all-targets -- -D warnings
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -- -D warnings
 	$(PY) -m ruff check $(PYDIRS)
 	$(PY) -m ruff format --check $(PYDIRS)
 	$(PY) -m mypy
 	$(PY) -m mypy.stubtest sessionlock._sessionlock --allowlist stubtest-allowlist.txt
 
 test:
-	cargo test --quiet
+	cargo test --workspace --quiet
 	$(PY) -m pytest -q
 
 bench: bench-redis bench-redis-session

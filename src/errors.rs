@@ -31,6 +31,16 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl From<sessionlock_core::Error> for Error {
+    fn from(err: sessionlock_core::Error) -> Self {
+        match err {
+            sessionlock_core::Error::Type(m) => Error::Type(m),
+            sessionlock_core::Error::Value(m) => Error::Value(m),
+            sessionlock_core::Error::Overflow(m) => Error::Overflow(m),
+        }
+    }
+}
+
 impl From<PyErr> for Error {
     fn from(err: PyErr) -> Self {
         Error::Py(err)

@@ -7,21 +7,22 @@
 //! the Redis-backed sessions: `redis_session` (RedisSessionManager and its lock),
 //! `session_scripts` (their Lua) and `session_value` (stored format and signature).
 
-pub mod config;
 pub mod errors;
 pub mod keylock;
 pub mod local_lock;
 pub mod manager;
 mod pyglue;
-pub mod random;
 pub mod redis_conn;
 pub mod redis_lock;
 pub mod redis_scripts;
 pub mod redis_session;
 pub mod session_lock;
-pub mod session_scripts;
-pub mod session_value;
 pub mod store;
+
+// The core's modules under the names this crate has always used for them.
+pub use sessionlock_core::limits as config;
+pub use sessionlock_core::random;
+pub use sessionlock_core::session::{scripts as session_scripts, value as session_value};
 
 use pyo3::prelude::*;
 

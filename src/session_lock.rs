@@ -213,7 +213,7 @@ impl PySessionLock {
 
     #[pyo3(signature = (timeout=None))]
     fn acquire_async(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
-        let timeout = config::optional_timeout("timeout", timeout)?;
+        let timeout = config::optional_timeout("timeout", timeout).map_err(Error::from)?;
         PyAcquire::start(py, &self.inner, &self.key, timeout, false)
     }
 

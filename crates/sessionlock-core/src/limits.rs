@@ -2,7 +2,7 @@
 //! `threading` and DESIGN.md promise. Nothing here touches shared state, so a bad argument
 //! is rejected before anything changes.
 
-use crate::errors::{Error, Result};
+use crate::error::{Error, Result};
 
 /// `threading.TIMEOUT_MAX` on 64-bit Linux and macOS (`PY_TIMEOUT_MAX` in seconds).
 pub const TIMEOUT_MAX: f64 = 9_223_372_036.0;

@@ -1,0 +1,25 @@
+//! The core's error type: what a bad argument or a broken rule is, without saying which
+//! Python exception it becomes (the binding maps each variant to one, in one place).
+
+/// An error of the core.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// An argument of the wrong type (Python `TypeError`).
+    Type(String),
+    /// An argument out of its domain (Python `ValueError`).
+    Value(String),
+    /// A number too large to represent (Python `OverflowError`).
+    Overflow(String),
+}
+
+impl std::fmt::Display for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Error::Type(m) | Error::Value(m) | Error::Overflow(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
