@@ -4,6 +4,7 @@
 //!
 //! - [`limits`]: the rules for the numbers users pass in (TTLs, timeouts, sizes);
 //! - [`random`]: fork-safe randomness for session ids and lock tokens;
+//! - [`redis`]: where to connect (URL and environment rules, cluster and Sentinel forms);
 //! - [`session`]: what `RedisSessionManager` stores ([`session::value`]) and the Lua scripts
 //!   that store it ([`session::scripts`]);
 //! - [`error`]: the core's error type.
@@ -13,6 +14,7 @@
 pub mod error;
 pub mod limits;
 pub mod random;
+pub mod redis;
 pub mod session;
 
 pub use error::{Error, Result};
