@@ -24,7 +24,7 @@ use pyo3_async_runtimes::TaskLocals;
 use redis::aio::MultiplexedConnection;
 
 use crate::errors::{Error, Result};
-use crate::local_lock::LocalLocks;
+use crate::held_keys::HeldKeys;
 use crate::redis_scripts::{channel_pattern, parse_notice};
 
 /// Where to connect, and how to show it. `url` may hold a password: it never leaves this
@@ -148,6 +148,12 @@ impl Target {
         })
     }
 
+    /// Identifies the server (the full URL, password included): a map key, never shown.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.url
+    }
+
     /// `msg` with the password (raw or URL-encoded) masked.
     #[must_use]
     pub fn redact(&self, msg: &str) -> String {
@@ -177,7 +183,9 @@ pub struct Process {
     /// Owned here so that `shutdown_runtime` can stop it before the interpreter finalizes.
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     conns: Mutex<HashMap<String, Arc<Conn>>>,
-    pub local: Arc<LocalLocks>,
+    /// The keys this process holds or waits for (`held_keys.rs`): fresh in a forked child,
+    /// so a child never waits behind, or releases, what its parent holds.
+    pub held: Arc<HeldKeys>,
 }
 
 static PROCESS: Mutex<Option<Arc<Process>>> = Mutex::new(None);
@@ -206,7 +214,7 @@ pub fn process() -> Arc<Process> {
         handle: runtime.handle().clone(),
         runtime: Mutex::new(Some(runtime)),
         conns: Mutex::new(HashMap::new()),
-        local: Arc::new(LocalLocks::default()),
+        held: Arc::new(HeldKeys::default()),
     });
     *slot = Some(p.clone());
     p
@@ -341,7 +349,8 @@ pub fn is_broken(e: &redis::RedisError) -> bool {
 }
 
 impl Conn {
-    fn io_timeout(&self) -> Duration {
+    /// How long a blocking call may wait for a reply.
+    pub fn io_timeout(&self) -> Duration {
         self.connect_timeout.max(Duration::from_millis(500)) * 2
     }
 
