@@ -5,6 +5,7 @@ Overlaps are counted with O_EXCL marker files: a second holder fails to create t
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import multiprocessing
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import sessionlock
 from _proxy import FreezableProxy
 from redis_server import RedisServer
 from sessionlock import LockLost, RedisLock, RedisSessionManager
@@ -225,6 +227,26 @@ def test_redis_dies_while_held_no_second_holder_in_process(own_server: RedisServ
     assert b and b.backend == "local"
     assert a.lost
     b.release()
+
+
+def test_async_waiter_in_process_waits_for_a_holder_whose_redis_died(
+    own_server: RedisServer,
+) -> None:
+    """The async path consults the in-process table too (never the fallback beside A)."""
+    lk = RedisLock(own_server.url, ttl=3, connect_timeout=0.3)
+    key = new_key()
+    a = lk.acquire(key)
+    own_server.stop()
+
+    async def main() -> None:
+        b = await lk.acquire(key, wait=0.5)
+        assert not b, f"second holder in one process on {b.backend}"
+        with pytest.raises(sessionlock.LockTimeout):
+            async with lk.acquire(key, wait=0.2):
+                pytest.fail("body ran beside the holder")
+
+    asyncio.run(main())
+    assert a.release() is False  # Redis is down: the lease runs out on its own
 
 
 def test_local_holder_keeps_the_key_when_redis_returns(own_server: RedisServer) -> None:
