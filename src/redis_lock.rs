@@ -358,16 +358,22 @@ fn held_outcome(backend: Backend, fence: Option<i64>, until: Instant, entry: Ent
 /// Result of a script that says "you hold it" or "held by X for N ms".
 enum Attempt {
     Got(i64),
-    Taken { pttl: i64, holder: String },
+    /// `fence`: the holder's fencing token (any hand-off to us comes with a larger one).
+    Taken {
+        pttl: i64,
+        holder: String,
+        fence: i64,
+    },
 }
 
-fn parse_attempt(r: (i64, i64, String)) -> Attempt {
+fn parse_attempt(r: (i64, i64, String, i64)) -> Attempt {
     if r.0 == 1 {
         Attempt::Got(r.1)
     } else {
         Attempt::Taken {
             pttl: r.1,
             holder: r.2,
+            fence: r.3,
         }
     }
 }
@@ -378,9 +384,9 @@ struct Waiting {
     guard: crate::redis_conn::WaitGuard,
     /// When to run the acquire script again (refresh, or the holder's lease ends).
     recheck_at: Instant,
-    /// When the last acquire that found the lock taken (and queued us) was sent: a
-    /// hand-off to us happened after it.
-    taken_sent: Option<Instant>,
+    /// The last acquire that found the lock taken (and queued us): when it was sent and
+    /// the fencing token it saw. A hand-off notice with a larger fence happened after it.
+    taken: Option<(Instant, i64)>,
 }
 
 /// Where a sync acquisition stands between steps (each step runs with the GIL released).
@@ -479,7 +485,7 @@ impl HandleInner {
     ) -> redis::RedisResult<Attempt> {
         let a = self.acquire_args(queue);
         let inv = invoke4(&ACQUIRE, &self.names, &[&a[0], &a[1], &a[2]]);
-        conn.sync(|c| inv.invoke::<(i64, i64, String)>(c))
+        conn.sync(|c| inv.invoke::<(i64, i64, String, i64)>(c))
             .map(parse_attempt)
     }
 
@@ -490,7 +496,7 @@ impl HandleInner {
     ) -> redis::RedisResult<Attempt> {
         let a = self.acquire_args(queue);
         let inv = invoke4(&ACQUIRE, &self.names, &[&a[0], &a[1], &a[2]]);
-        conn.run_async::<(i64, i64, String)>(&inv)
+        conn.run_async::<(i64, i64, String, i64)>(&inv)
             .await
             .map(parse_attempt)
     }
@@ -504,32 +510,19 @@ impl HandleInner {
         inv
     }
 
-    /// A hand-off notice arrived. The lease it set runs for the claim window from a
-    /// moment after `taken_sent`. If that leaves ample time and the lease task will
-    /// claim at once, hold now (no round trip on the hand-off path); else claim first.
-    /// `None`: hold with this provisional deadline, unclaimed.
-    fn provisional(&self, taken_sent: Option<Instant>) -> Option<Instant> {
-        if !self.core.auto_renew {
+    /// A hand-off notice with `fence` arrived. If it is newer than our last acquire that
+    /// found the lock taken (`taken`: sent then, saw that fence), the lease it set runs
+    /// for the claim window from a moment after that send. If that leaves ample time and
+    /// the lease task will claim at once, hold now with that provisional deadline (no
+    /// round trip on the hand-off path); `None`: claim first.
+    fn provisional(&self, taken: Option<(Instant, i64)>, fence: i64) -> Option<Instant> {
+        let (sent, seen) = taken?;
+        if !self.core.auto_renew || fence <= seen {
             return None;
         }
         let window = CLAIM.min(self.ttl);
-        let until = lease_end(taken_sent?, window);
+        let until = lease_end(sent, window);
         (until > Instant::now() + window / 2).then_some(until)
-    }
-
-    /// Claims a hand-off: extends the claim window to the full lease. `None` if the
-    /// window had passed (the lock went on to the next waiter).
-    fn claim_sync(&self, conn: &Conn) -> redis::RedisResult<Option<Instant>> {
-        let sent = Instant::now();
-        let inv = self.extend_inv(self.ttl);
-        let ok = conn.sync(|c| inv.invoke::<i64>(c))? == 1;
-        Ok(ok.then(|| lease_end(sent, self.ttl)))
-    }
-
-    async fn claim_async(&self, conn: &Conn) -> redis::RedisResult<Option<Instant>> {
-        let sent = Instant::now();
-        let ok = conn.run_async::<i64>(&self.extend_inv(self.ttl)).await? == 1;
-        Ok(ok.then(|| lease_end(sent, self.ttl)))
     }
 
     fn log_waiting(&self, holder: &str, pttl: i64) {
@@ -595,7 +588,7 @@ impl HandleInner {
                     entry,
                 )))
             }
-            Ok(Attempt::Taken { pttl, holder }) => {
+            Ok(Attempt::Taken { pttl, holder, .. }) => {
                 core.redis_ok(&conn);
                 core.stats.contended.fetch_add(1, Ordering::Relaxed);
                 self.log_waiting(&holder, pttl);
@@ -612,7 +605,7 @@ impl HandleInner {
                     conn,
                     guard,
                     recheck_at: Instant::now(),
-                    taken_sent: None,
+                    taken: None,
                 });
                 Ok(None)
             }
@@ -630,7 +623,7 @@ impl HandleInner {
             match w.conn.wait_sync(&w.guard.slot, until - now) {
                 Some(Notice::Granted(f)) => {
                     core.redis_ok(&w.conn);
-                    return self.granted_sync(acq, f);
+                    return Ok(self.granted_sync(acq, f));
                 }
                 Some(Notice::Recheck) => w.recheck_at = Instant::now(),
                 None => {}
@@ -639,10 +632,13 @@ impl HandleInner {
         }
         let conn = w.conn.clone();
         if now >= deadline {
-            // a hand-off that arrived at the last moment is kept, not passed on
-            if let Some(Notice::Granted(f)) = w.guard.slot.take() {
-                if let Some(o) = self.granted_sync(acq, f)? {
-                    return Ok(Some(o));
+            // a hand-off that arrived at the last moment is kept (claimed), not passed on
+            if let Some(Notice::Granted(_)) = w.guard.slot.take() {
+                let sent = Instant::now();
+                if let Ok(Attempt::Got(f)) = self.run_acquire_sync(&conn, None) {
+                    let entry = acq.entry.take().expect("taken above");
+                    let until = lease_end(sent, self.ttl);
+                    return Ok(Some(held_outcome(Backend::Redis, Some(f), until, entry)));
                 }
             }
             let r = self.cancel_sync(&conn);
@@ -663,8 +659,8 @@ impl HandleInner {
                     entry,
                 )))
             }
-            Ok(Attempt::Taken { pttl, .. }) => {
-                w.taken_sent = Some(sent);
+            Ok(Attempt::Taken { pttl, fence, .. }) => {
+                w.taken = Some((sent, fence));
                 w.recheck_at = Instant::now() + Self::sleep_until_for(pttl);
                 Ok(None)
             }
@@ -675,40 +671,23 @@ impl HandleInner {
         }
     }
 
-    /// The sync side of a hand-off notice: hold (claimed now or by the lease task), or
-    /// `None` when the claim window had passed (look again at once).
-    fn granted_sync(&self, acq: &mut Acquiring, fence: i64) -> Result<Option<Outcome>> {
+    /// The sync side of a hand-off notice: hold now (the lease task claims it), or
+    /// `None`: claim it with the acquire script at once, which also says whether it is
+    /// still ours and gives the current fencing token (a stale notice is not trusted).
+    fn granted_sync(&self, acq: &mut Acquiring, fence: i64) -> Option<Outcome> {
         let w = acq.waiting.as_mut().expect("a notice comes to a waiter");
-        if let Some(until) = self.provisional(w.taken_sent) {
-            let entry = acq.entry.take().expect("taken before waiting on Redis");
-            return Ok(Some(Outcome::Held {
-                backend: Backend::Redis,
-                fence: Some(fence),
-                until,
-                claimed: false,
-                entry,
-            }));
-        }
-        let conn = w.conn.clone();
-        match self.claim_sync(&conn) {
-            Ok(Some(until)) => {
-                let entry = acq.entry.take().expect("taken before waiting on Redis");
-                Ok(Some(held_outcome(
-                    Backend::Redis,
-                    Some(fence),
-                    until,
-                    entry,
-                )))
-            }
-            Ok(None) => {
-                w.recheck_at = Instant::now();
-                Ok(None)
-            }
-            Err(e) => {
-                acq.waiting = None;
-                self.fall_back(&conn, &e, &mut acq.local).map(|()| None)
-            }
-        }
+        let Some(until) = self.provisional(w.taken, fence) else {
+            w.recheck_at = Instant::now();
+            return None;
+        };
+        let entry = acq.entry.take().expect("taken before waiting on Redis");
+        Some(Outcome::Held {
+            backend: Backend::Redis,
+            fence: Some(fence),
+            until,
+            claimed: false,
+            entry,
+        })
     }
 
     fn fall_back(&self, conn: &Conn, e: &redis::RedisError, local: &mut bool) -> Result<()> {
@@ -777,7 +756,7 @@ impl HandleInner {
         let sent = Instant::now();
         match self.run_acquire_async(conn, None).await? {
             Attempt::Got(f) => return Ok(Some((f, lease_end(sent, self.ttl), true))),
-            Attempt::Taken { pttl, holder } => {
+            Attempt::Taken { pttl, holder, .. } => {
                 self.core.stats.contended.fetch_add(1, Ordering::Relaxed);
                 self.log_waiting(&holder, pttl);
                 if Instant::now() >= deadline {
@@ -798,27 +777,21 @@ impl HandleInner {
                 return Ok(None);
             }
             let sent = Instant::now();
-            let pttl = match self.run_acquire_async(conn, Some(deadline - now)).await? {
+            let (pttl, seen) = match self.run_acquire_async(conn, Some(deadline - now)).await? {
                 Attempt::Got(f) => {
                     cancel.inner = None;
                     return Ok(Some((f, lease_end(sent, self.ttl), true)));
                 }
-                Attempt::Taken { pttl, .. } => pttl,
+                Attempt::Taken { pttl, fence, .. } => (pttl, fence),
             };
-            // a hand-off to us happens after this acquire found the lock taken
-            let taken_sent = Some(sent);
             let nap =
                 Self::sleep_until_for(pttl).min(deadline.saturating_duration_since(Instant::now()));
             if let Some(Notice::Granted(f)) = guard.slot.wait_async(nap).await {
-                if let Some(until) = self.provisional(taken_sent) {
+                if let Some(until) = self.provisional(Some((sent, seen)), f) {
                     cancel.inner = None;
                     return Ok(Some((f, until, false)));
                 }
-                if let Some(until) = self.claim_async(conn).await? {
-                    cancel.inner = None;
-                    return Ok(Some((f, until, true)));
-                }
-                // the claim window had passed: look again at once
+                // else the acquire script at the loop's top claims it (or finds it gone)
             }
         }
     }
@@ -938,6 +911,8 @@ impl HandleInner {
         let started = Instant::now();
         let mut renewing = self.core.auto_renew;
         let mut next = if claimed { started + period } else { started };
+        // one warning per streak of failed renewals (they are retried every period / 4)
+        let mut failing = false;
         loop {
             let wake = if renewing {
                 next.min(self.deadline())
@@ -991,17 +966,20 @@ impl HandleInner {
                     }
                     self.core.stats.renewals.fetch_add(1, Ordering::Relaxed);
                     next = sent + period;
+                    failing = false;
                 }
                 Some(Ok(false)) => {
                     self.mark_lost("the key is gone or owned by another token");
                     return;
                 }
                 Some(Err(e)) => {
-                    let desc = self.core.target.describe(&e);
-                    let key = self.names.lock.clone();
-                    pyglue::log_detached(WARNING, || {
-                        format!("sessionlock: renewing {key:?} failed: {desc}")
-                    });
+                    if !std::mem::replace(&mut failing, true) {
+                        let desc = self.core.target.describe(&e);
+                        let key = self.names.lock.clone();
+                        pyglue::log_detached(WARNING, || {
+                            format!("sessionlock: renewing {key:?} failed (retrying until the lease deadline): {desc}")
+                        });
+                    }
                     // try again soon: the deadline, not the next period, bounds the lease
                     next = Instant::now() + (period / 4).max(Duration::from_millis(20));
                 }

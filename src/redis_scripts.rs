@@ -136,8 +136,10 @@ end
 ";
 
 /// ARGV: token, ttl_ms, queue_ms (0: do not queue).
-/// Returns `{1, fence, ''}` when the caller holds the lock (taken now, or handed to it
-/// while it waited), else `{0, holder_pttl, holder_token}` (and queues the caller).
+/// Returns `{1, fence, '', 0}` when the caller holds the lock (taken now, or handed to it
+/// while it waited), else `{0, holder_pttl, holder_token, holder_fence}` (and queues the
+/// caller). A hand-off notice whose fence is not above `holder_fence` predates this call:
+/// it is stale (that hand-off's claim window ran out), not a grant to act on.
 pub const ACQUIRE_BODY: &str = r"
 local token, ttl, queue_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local holder = redis.call('GET', lock)
@@ -145,7 +147,7 @@ if holder == token then
   -- handed to us while we waited: claim it (the full lease from now)
   redis.call('PEXPIRE', lock, ttl)
   redis.call('PEXPIRE', fence, ttl)
-  return {1, tonumber(redis.call('GET', fence)) or 0, ''}
+  return {1, tonumber(redis.call('GET', fence)) or 0, '', 0}
 end
 if not holder then
   local g, f = grant_next(token)
@@ -153,12 +155,12 @@ if not holder then
     redis.call('SET', lock, token, 'PX', ttl)
     redis.call('ZREM', queue, token)
     redis.call('HDEL', waiters, token)
-    return {1, next_fence(ttl), ''}
+    return {1, next_fence(ttl), '', 0}
   end
   if g == token then
     redis.call('PEXPIRE', lock, ttl)
     redis.call('PEXPIRE', fence, ttl)
-    return {1, f, ''}
+    return {1, f, '', 0}
   end
   holder = g
 end
@@ -171,7 +173,7 @@ if queue_ms > 0 then
     redis.call('PEXPIRE', waiters, keep)
   end
 end
-return {0, redis.call('PTTL', lock), holder}
+return {0, redis.call('PTTL', lock), holder, tonumber(redis.call('GET', fence)) or 0}
 ";
 
 /// ARGV: token. Compare-and-delete, then hand the lock to the next waiter.
