@@ -3,13 +3,14 @@
 //! (BaseSessionManager), `session_lock` (SessionLock and its awaitable), `errors`,
 //! `config` (argument rules), `pyglue` (asking Python who runs), `random` (fork-safe ids and tokens), and the distributed lock:
 //! `redis_lock` (RedisLock and its handles), `redis_scripts` (the Lua protocol),
-//! `redis_conn` (connections, runtime, pub/sub, fork) and `local_lock` (the fallback); and
+//! `redis_conn` (connections, runtime, pub/sub, fork) and `held_keys` (the in-process table
+//! of held keys, also the fallback); and
 //! the Redis-backed sessions: `redis_session` (RedisSessionManager and its lock),
 //! `session_scripts` (their Lua) and `session_value` (stored format and signature).
 
 pub mod errors;
+pub mod held_keys;
 pub mod keylock;
-pub mod local_lock;
 pub mod manager;
 mod pyglue;
 pub mod redis_conn;

@@ -24,7 +24,7 @@ use pyo3_async_runtimes::TaskLocals;
 use redis::aio::MultiplexedConnection;
 
 use crate::errors::{Error, Result};
-use crate::local_lock::LocalLocks;
+use crate::held_keys::HeldKeys;
 use crate::redis_scripts::{channel_pattern, parse_notice};
 pub use sessionlock_core::redis::target::Target;
 use sessionlock_core::redis::target::Topology;
@@ -40,7 +40,9 @@ pub struct Process {
     /// Owned here so that `shutdown_runtime` can stop it before the interpreter finalizes.
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     conns: Mutex<HashMap<String, Arc<Conn>>>,
-    pub local: Arc<LocalLocks>,
+    /// The keys this process holds or waits for (`held_keys.rs`): fresh in a forked child,
+    /// so a child never waits behind, or releases, what its parent holds.
+    pub held: Arc<HeldKeys>,
 }
 
 static PROCESS: Mutex<Option<Arc<Process>>> = Mutex::new(None);
@@ -69,7 +71,7 @@ pub fn process() -> Arc<Process> {
         handle: runtime.handle().clone(),
         runtime: Mutex::new(Some(runtime)),
         conns: Mutex::new(HashMap::new()),
-        local: Arc::new(LocalLocks::default()),
+        held: Arc::new(HeldKeys::default()),
     });
     *slot = Some(p.clone());
     p
@@ -309,6 +311,16 @@ pub enum SyncConn {
     Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
+impl SyncConn {
+    /// Sets how long a reply may take on this connection (every node of a cluster).
+    pub fn set_read_timeout(&self, dur: Option<Duration>) -> redis::RedisResult<()> {
+        match self {
+            SyncConn::Node(c) => c.set_read_timeout(dur),
+            SyncConn::Cluster(c) => c.set_read_timeout(dur),
+        }
+    }
+}
+
 impl redis::ConnectionLike for SyncConn {
     fn req_packed_command(&mut self, cmd: &[u8]) -> redis::RedisResult<redis::Value> {
         match self {
@@ -442,7 +454,8 @@ pub fn is_broken(e: &redis::RedisError) -> bool {
 }
 
 impl Conn {
-    fn io_timeout(&self) -> Duration {
+    /// How long a blocking call may wait for a reply.
+    pub fn io_timeout(&self) -> Duration {
         io_timeout_for(self.connect_timeout)
     }
 

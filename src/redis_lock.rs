@@ -1,11 +1,18 @@
 //! `RedisLock`, `RecommendationLock`, `LockHandle` and `LockInfo`: the distributed job lock.
 //!
 //! The protocol is in `redis_scripts.rs` (one script per state change), the connections,
-//! runtime and pub/sub hub in `redis_conn.rs`, the fallback in `local_lock.rs`. This file
-//! owns the acquisition loops (sync and async), the renewal task and the Python surface.
+//! runtime and pub/sub hub in `redis_conn.rs`, the in-process table of held keys (which is
+//! also the fallback) in `held_keys.rs`. This file owns the acquisition loops (sync and
+//! async), the lease task (timer and renewal) and the Python surface.
 //!
 //! Invariants:
 //! - Ownership is the handle's random token, never the thread or task.
+//! - A key is taken in the in-process table first, then on Redis (or, in an outage, the
+//!   table alone is the lock); it is given back on Redis first, then in the table.
+//! - Every held handle has a local lease deadline, from the moment the last confirmed
+//!   acquire or renewal was *sent*, minus a drift margin; `lost` is true at that deadline
+//!   at the latest and, once true, stays true.
+//! - A handle inherited by a forked child is inert: it never sends anything.
 //! - No Rust lock is held while Python runs. No lock that another caller needs on its way
 //!   is held across a round trip: `HandleInner::state` is held only to read or switch the
 //!   state, and connections are taken out of the pool for the duration of a call. The two
@@ -28,7 +35,7 @@ use pyo3::types::{PyDict, PyInt, PyString, PyTuple};
 use redis::Script;
 
 use crate::errors::{Error, Result};
-use crate::local_lock::LocalLocks;
+use crate::held_keys::Entry;
 use crate::pyglue::{self, DEBUG, INFO, WARNING};
 use crate::redis_conn::{process, Conn, ForkSafeRuntime, Notice, Target};
 use crate::redis_scripts::{self as scripts, Names};
@@ -36,8 +43,11 @@ use crate::redis_scripts::{self as scripts, Names};
 /// Longest a sync wait runs without checking for signals.
 const STEP: Duration = Duration::from_millis(50);
 /// A queued waiter refreshes its queue entry (and re-checks the lock) at least this often,
-/// so the entry of a waiter that died is skipped soon after.
-const HEARTBEAT: Duration = Duration::from_secs(2);
+/// so the entry of a waiter that died is skipped soon after, and a hand-off to a dead
+/// waiter (which expires after `CLAIM`) reaches the next waiter within `HEARTBEAT + CLAIM`.
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long a handed-over lock waits for its new owner to claim it (`redis_scripts.rs`).
+const CLAIM: Duration = Duration::from_millis(scripts::CLAIM_MS);
 /// How long a queue entry outlives the waiter's next planned refresh.
 const GRACE: Duration = Duration::from_secs(1);
 
@@ -114,7 +124,8 @@ struct Core {
 /// What an attempt to use Redis found.
 enum Route {
     Redis(Arc<Conn>),
-    Local(Arc<LocalLocks>),
+    /// The in-process table alone.
+    Local,
 }
 
 impl Core {
@@ -134,7 +145,7 @@ impl Core {
         } else if self.raise {
             Err(self.unavailable_msg("Redis is unreachable (retrying with backoff)"))
         } else {
-            Ok(Route::Local(process().local.clone()))
+            Ok(Route::Local)
         }
     }
 
@@ -270,14 +281,45 @@ enum State {
     },
 }
 
+/// Zero point of the lease deadlines kept in atomics (as nanoseconds since it).
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn to_ns(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(*EPOCH).as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// Where a lease confirmed by a request sent at `sent` ends, as far as this host can
+/// tell: Redis started it no earlier than `sent`, so it ends no earlier than
+/// `sent + lease`; the margin covers the two clocks' drift (Redlock's 1 % + 2 ms).
+fn lease_end(sent: Instant, lease: Duration) -> Instant {
+    sent + lease.saturating_sub(lease / 100 + Duration::from_millis(2))
+}
+
+const LEASE_RAN_OUT: &str =
+    "its lease deadline passed before a renewal was confirmed (Redis unreachable, too slow, or the renewal stopped)";
+
 pub(crate) struct HandleInner {
     core: Arc<Core>,
     pub(crate) names: Names,
+    /// This handle's key in the in-process table (`held_keys.rs`): target and full key.
+    held_key: String,
     pub(crate) token: String,
+    /// The process that made the handle. In a forked child the handle is inert: it
+    /// never touches the parent's lease.
+    pid: u32,
     ttl: Duration,
     wait: Duration,
     state: Mutex<State>,
+    /// Sticky: once set it is never cleared, so a late renewal reply cannot resurrect
+    /// the handle.
     pub(crate) lost: AtomicBool,
+    /// The local lease deadline (`to_ns`), 0 until held. Written by the acquisition, the
+    /// renewal and `extend`, each only after checking `lost`; read by everyone.
+    deadline_ns: AtomicU64,
+    /// Wakes the lease task when `extend` moved the deadline.
+    deadline_moved: tokio::sync::Notify,
     /// Released or abandoned: the renewal stops and reports nothing any more.
     done: AtomicBool,
     /// The awaitable of a pending acquisition was cancelled: a lock obtained anyway (the
@@ -290,23 +332,48 @@ pub(crate) struct HandleInner {
 }
 
 enum Outcome {
-    Held(Backend, Option<i64>),
+    /// `until`: the local lease deadline; `claimed`: false for a hand-off whose claim the
+    /// lease task still has to send (the deadline is then the claim window's).
+    Held {
+        backend: Backend,
+        fence: Option<i64>,
+        until: Instant,
+        claimed: bool,
+        entry: Entry,
+    },
     NotAcquired(Backend),
+}
+
+/// A claimed hold (the usual case: only a hand-off can be unclaimed).
+fn held_outcome(backend: Backend, fence: Option<i64>, until: Instant, entry: Entry) -> Outcome {
+    Outcome::Held {
+        backend,
+        fence,
+        until,
+        claimed: true,
+        entry,
+    }
 }
 
 /// Result of a script that says "you hold it" or "held by X for N ms".
 enum Attempt {
     Got(i64),
-    Taken { pttl: i64, holder: String },
+    /// `fence`: the holder's fencing token (any hand-off to us comes with a larger one).
+    Taken {
+        pttl: i64,
+        holder: String,
+        fence: i64,
+    },
 }
 
-fn parse_attempt(r: (i64, i64, String)) -> Attempt {
+fn parse_attempt(r: (i64, i64, String, i64)) -> Attempt {
     if r.0 == 1 {
         Attempt::Got(r.1)
     } else {
         Attempt::Taken {
             pttl: r.1,
             holder: r.2,
+            fence: r.3,
         }
     }
 }
@@ -317,6 +384,18 @@ struct Waiting {
     guard: crate::redis_conn::WaitGuard,
     /// When to run the acquire script again (refresh, or the holder's lease ends).
     recheck_at: Instant,
+    /// The last acquire that found the lock taken (and queued us): when it was sent and
+    /// the fencing token it saw. A hand-off notice with a larger fence happened after it.
+    taken: Option<(Instant, i64)>,
+}
+
+/// Where a sync acquisition stands between steps (each step runs with the GIL released).
+struct Acquiring {
+    /// The in-process table entry, taken or queued for.
+    entry: Option<Entry>,
+    waiting: Option<Waiting>,
+    /// Redis is unreachable: the table entry is the whole lock.
+    local: bool,
 }
 
 impl HandleInner {
@@ -340,6 +419,65 @@ impl HandleInner {
         ]
     }
 
+    /// Whether this is a forked child's copy of a parent's handle.
+    fn inherited(&self) -> bool {
+        self.pid != std::process::id()
+    }
+
+    fn warn_inherited(&self, what: &str) {
+        let key = self.names.lock.clone();
+        let (pid, me) = (self.pid, std::process::id());
+        let what = what.to_owned();
+        pyglue::log_detached(WARNING, || {
+            format!(
+                "sessionlock: {what} on a LockHandle for {key:?} inherited from process {pid} \
+                 by forked process {me}: ignored, the parent's lease is untouched"
+            )
+        });
+    }
+
+    fn deadline(&self) -> Instant {
+        *EPOCH + Duration::from_nanos(self.deadline_ns.load(Ordering::Acquire))
+    }
+
+    /// Marks the handle lost if it is held and its local lease deadline has passed (the
+    /// lease task does the same on a timer; this makes `lost` exact when asked).
+    fn check_deadline(&self) {
+        if self.deadline_ns.load(Ordering::Acquire) != 0
+            && !self.done.load(Ordering::Acquire)
+            && !self.lost.load(Ordering::Acquire)
+            && !self.inherited()
+            && Instant::now() >= self.deadline()
+        {
+            self.mark_lost(LEASE_RAN_OUT);
+        }
+    }
+
+    /// Lost: the renewal saw the key gone or taken, or the local lease deadline passed.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.check_deadline();
+        self.lost.load(Ordering::Acquire)
+    }
+
+    /// Records a lease confirmed until `until` (a renewal or `extend` that Redis, or the
+    /// in-process table, accepted). Refused once lost or once the old deadline passed:
+    /// a reply that comes back after the deadline never resurrects the handle.
+    fn confirm(&self, until: Instant) -> bool {
+        if self.is_lost() {
+            return false;
+        }
+        if !process()
+            .held
+            .set_deadline(&self.held_key, &self.token, until)
+        {
+            self.mark_lost(LEASE_RAN_OUT);
+            return false;
+        }
+        self.deadline_ns.store(to_ns(until), Ordering::Release);
+        self.deadline_moved.notify_one();
+        true
+    }
+
     fn run_acquire_sync(
         &self,
         conn: &Conn,
@@ -347,7 +485,7 @@ impl HandleInner {
     ) -> redis::RedisResult<Attempt> {
         let a = self.acquire_args(queue);
         let inv = invoke4(&ACQUIRE, &self.names, &[&a[0], &a[1], &a[2]]);
-        conn.sync(|c| inv.invoke::<(i64, i64, String)>(c))
+        conn.sync(|c| inv.invoke::<(i64, i64, String, i64)>(c))
             .map(parse_attempt)
     }
 
@@ -358,9 +496,33 @@ impl HandleInner {
     ) -> redis::RedisResult<Attempt> {
         let a = self.acquire_args(queue);
         let inv = invoke4(&ACQUIRE, &self.names, &[&a[0], &a[1], &a[2]]);
-        conn.run_async::<(i64, i64, String)>(&inv)
+        conn.run_async::<(i64, i64, String, i64)>(&inv)
             .await
             .map(parse_attempt)
+    }
+
+    fn extend_inv(&self, ttl: Duration) -> redis::ScriptInvocation<'static> {
+        let mut inv = EXTEND.prepare_invoke();
+        inv.key(&self.names.lock)
+            .key(&self.names.fence)
+            .arg(&self.token)
+            .arg(ms(ttl));
+        inv
+    }
+
+    /// A hand-off notice with `fence` arrived. If it is newer than our last acquire that
+    /// found the lock taken (`taken`: sent then, saw that fence), the lease it set runs
+    /// for the claim window from a moment after that send. If that leaves ample time and
+    /// the lease task will claim at once, hold now with that provisional deadline (no
+    /// round trip on the hand-off path); `None`: claim first.
+    fn provisional(&self, taken: Option<(Instant, i64)>, fence: i64) -> Option<Instant> {
+        let (sent, seen) = taken?;
+        if !self.core.auto_renew || fence <= seen {
+            return None;
+        }
+        let window = CLAIM.min(self.ttl);
+        let until = lease_end(sent, window);
+        (until > Instant::now() + window / 2).then_some(until)
     }
 
     fn log_waiting(&self, holder: &str, pttl: i64) {
@@ -373,71 +535,60 @@ impl HandleInner {
         });
     }
 
+    /// Enters the in-process table; counts and logs a wait behind a holder of this process.
+    fn enter_table(&self) -> Entry {
+        let (entry, holder) = Entry::enter(process().held.clone(), &self.held_key, &self.token);
+        if let Some(h) = holder {
+            self.core.stats.contended.fetch_add(1, Ordering::Relaxed);
+            self.log_waiting(&h, -1);
+        }
+        entry
+    }
+
     /// One bounded step of a sync acquisition (GIL released by the caller).
     /// `Ok(None)`: call again after checking signals.
-    fn step_sync(
-        &self,
-        deadline: Instant,
-        waiting: &mut Option<Waiting>,
-        local: &mut bool,
-    ) -> Result<Option<Outcome>> {
+    fn step_sync(&self, deadline: Instant, acq: &mut Acquiring) -> Result<Option<Outcome>> {
+        // first the in-process table: no second holder in this process, whatever the backend
+        let entry = acq.entry.get_or_insert_with(|| self.enter_table());
+        if !entry.taken() {
+            let now = Instant::now();
+            if !entry.wait_sync(deadline.min(now + STEP)) {
+                return Ok(
+                    (Instant::now() >= deadline).then_some(Outcome::NotAcquired(Backend::Redis))
+                );
+            }
+        }
+        if acq.local {
+            let entry = acq.entry.take().expect("taken above");
+            let until = lease_end(Instant::now(), self.ttl);
+            return Ok(Some(held_outcome(Backend::Local, None, until, entry)));
+        }
+        if acq.waiting.is_some() {
+            return self.wait_step_sync(deadline, acq);
+        }
         let core = &self.core;
-        if *local {
-            return Ok(self.local_step_sync(deadline));
-        }
         let now = Instant::now();
-        if let Some(w) = waiting.as_mut() {
-            if now < w.recheck_at && now < deadline {
-                let until = w.recheck_at.min(deadline).min(now + STEP);
-                match w.conn.wait_sync(&w.guard.slot, until - now) {
-                    Some(Notice::Granted(f)) => {
-                        core.redis_ok(&w.conn);
-                        return Ok(Some(Outcome::Held(Backend::Redis, Some(f))));
-                    }
-                    Some(Notice::Recheck) => w.recheck_at = Instant::now(),
-                    None => {}
-                }
-                return Ok(None);
-            }
-            let conn = w.conn.clone();
-            if now >= deadline {
-                // a hand-off that arrived at the last moment is kept, not passed on
-                if let Some(Notice::Granted(f)) = w.guard.slot.take() {
-                    return Ok(Some(Outcome::Held(Backend::Redis, Some(f))));
-                }
-                let r = self.cancel_sync(&conn);
-                *waiting = None;
-                return match r {
-                    Ok(()) => Ok(Some(Outcome::NotAcquired(Backend::Redis))),
-                    Err(e) => self.fall_back(&conn, &e, local).map(|()| None),
-                };
-            }
-            return match self.run_acquire_sync(&conn, Some(deadline - now)) {
-                Ok(Attempt::Got(f)) => Ok(Some(Outcome::Held(Backend::Redis, Some(f)))),
-                Ok(Attempt::Taken { pttl, .. }) => {
-                    w.recheck_at = Instant::now() + Self::sleep_until_for(pttl);
-                    Ok(None)
-                }
-                Err(e) => {
-                    *waiting = None;
-                    self.fall_back(&conn, &e, local).map(|()| None)
-                }
-            };
-        }
         // first attempt
         let conn = match core.route()? {
             Route::Redis(c) => c,
-            Route::Local(_) => {
-                *local = true;
-                return Ok(self.local_step_sync(deadline));
+            Route::Local => {
+                acq.local = true;
+                return Ok(None);
             }
         };
+        let sent = Instant::now();
         match self.run_acquire_sync(&conn, None) {
             Ok(Attempt::Got(f)) => {
                 core.redis_ok(&conn);
-                Ok(Some(Outcome::Held(Backend::Redis, Some(f))))
+                let entry = acq.entry.take().expect("taken above");
+                Ok(Some(held_outcome(
+                    Backend::Redis,
+                    Some(f),
+                    lease_end(sent, self.ttl),
+                    entry,
+                )))
             }
-            Ok(Attempt::Taken { pttl, holder }) => {
+            Ok(Attempt::Taken { pttl, holder, .. }) => {
                 core.redis_ok(&conn);
                 core.stats.contended.fetch_add(1, Ordering::Relaxed);
                 self.log_waiting(&holder, pttl);
@@ -448,17 +599,95 @@ impl HandleInner {
                 let guard = conn.register(&self.names.channel, &self.token);
                 let rt = process();
                 if let Err(e) = rt.handle.block_on(conn.listen(&core.prefix)) {
-                    return self.fall_back(&conn, &e, local).map(|()| None);
+                    return self.fall_back(&conn, &e, &mut acq.local).map(|()| None);
                 }
-                *waiting = Some(Waiting {
+                acq.waiting = Some(Waiting {
                     conn,
                     guard,
                     recheck_at: Instant::now(),
+                    taken: None,
                 });
                 Ok(None)
             }
-            Err(e) => self.fall_back(&conn, &e, local).map(|()| None),
+            Err(e) => self.fall_back(&conn, &e, &mut acq.local).map(|()| None),
         }
+    }
+
+    /// A step of a sync acquisition queued on Redis: wait for a notice, re-check, give up.
+    fn wait_step_sync(&self, deadline: Instant, acq: &mut Acquiring) -> Result<Option<Outcome>> {
+        let core = &self.core;
+        let now = Instant::now();
+        let w = acq.waiting.as_mut().expect("called while waiting");
+        if now < w.recheck_at && now < deadline {
+            let until = w.recheck_at.min(deadline).min(now + STEP);
+            match w.conn.wait_sync(&w.guard.slot, until - now) {
+                Some(Notice::Granted(f)) => {
+                    core.redis_ok(&w.conn);
+                    return Ok(self.granted_sync(acq, f));
+                }
+                Some(Notice::Recheck) => w.recheck_at = Instant::now(),
+                None => {}
+            }
+            return Ok(None);
+        }
+        let conn = w.conn.clone();
+        if now >= deadline {
+            // a hand-off that arrived at the last moment is kept (claimed), not passed on
+            if let Some(Notice::Granted(_)) = w.guard.slot.take() {
+                let sent = Instant::now();
+                if let Ok(Attempt::Got(f)) = self.run_acquire_sync(&conn, None) {
+                    let entry = acq.entry.take().expect("taken above");
+                    let until = lease_end(sent, self.ttl);
+                    return Ok(Some(held_outcome(Backend::Redis, Some(f), until, entry)));
+                }
+            }
+            let r = self.cancel_sync(&conn);
+            acq.waiting = None;
+            return match r {
+                Ok(()) => Ok(Some(Outcome::NotAcquired(Backend::Redis))),
+                Err(e) => self.fall_back(&conn, &e, &mut acq.local).map(|()| None),
+            };
+        }
+        let sent = Instant::now();
+        match self.run_acquire_sync(&conn, Some(deadline - now)) {
+            Ok(Attempt::Got(f)) => {
+                let entry = acq.entry.take().expect("taken above");
+                Ok(Some(held_outcome(
+                    Backend::Redis,
+                    Some(f),
+                    lease_end(sent, self.ttl),
+                    entry,
+                )))
+            }
+            Ok(Attempt::Taken { pttl, fence, .. }) => {
+                w.taken = Some((sent, fence));
+                w.recheck_at = Instant::now() + Self::sleep_until_for(pttl);
+                Ok(None)
+            }
+            Err(e) => {
+                acq.waiting = None;
+                self.fall_back(&conn, &e, &mut acq.local).map(|()| None)
+            }
+        }
+    }
+
+    /// The sync side of a hand-off notice: hold now (the lease task claims it), or
+    /// `None`: claim it with the acquire script at once, which also says whether it is
+    /// still ours and gives the current fencing token (a stale notice is not trusted).
+    fn granted_sync(&self, acq: &mut Acquiring, fence: i64) -> Option<Outcome> {
+        let w = acq.waiting.as_mut().expect("a notice comes to a waiter");
+        let Some(until) = self.provisional(w.taken, fence) else {
+            w.recheck_at = Instant::now();
+            return None;
+        };
+        let entry = acq.entry.take().expect("taken before waiting on Redis");
+        Some(Outcome::Held {
+            backend: Backend::Redis,
+            fence: Some(fence),
+            until,
+            claimed: false,
+            entry,
+        })
     }
 
     fn fall_back(&self, conn: &Conn, e: &redis::RedisError, local: &mut bool) -> Result<()> {
@@ -468,19 +697,6 @@ impl HandleInner {
         }
         *local = true;
         Ok(())
-    }
-
-    fn local_step_sync(&self, deadline: Instant) -> Option<Outcome> {
-        let now = Instant::now();
-        let step = deadline.saturating_duration_since(now).min(STEP);
-        let local = process().local.clone();
-        if local.take_sync(&self.names.lock, &self.token, self.ttl, step) {
-            return Some(Outcome::Held(Backend::Local, None));
-        }
-        if Instant::now() >= deadline {
-            return Some(Outcome::NotAcquired(Backend::Local));
-        }
-        None
     }
 
     fn cancel_sync(&self, conn: &Conn) -> redis::RedisResult<()> {
@@ -493,16 +709,31 @@ impl HandleInner {
         conn.run_async::<i64>(&inv).await.map(|_| ())
     }
 
-    /// The whole async acquisition. Dropped mid-way (task cancelled), the `Cancel` guard
-    /// withdraws the queue entry and passes on a lock that was handed over meanwhile.
+    /// The whole async acquisition. Dropped mid-way (task cancelled), the table entry
+    /// leaves the queue (or is given back) and the `Cancel` guard withdraws the Redis
+    /// queue entry and passes on a lock that was handed over meanwhile.
     async fn acquire_async(self: &Arc<Self>) -> Result<Outcome> {
         let core = &self.core;
         let deadline = Instant::now() + self.wait;
+        let mut entry = self.enter_table();
+        if !entry.wait_async(deadline).await {
+            return Ok(Outcome::NotAcquired(Backend::Redis));
+        }
         if let Route::Redis(conn) = core.route()? {
             match self.acquire_redis_async(&conn, deadline).await {
-                Ok(o) => {
+                Ok(Some((fence, until, claimed))) => {
                     core.redis_ok(&conn);
-                    return Ok(o);
+                    return Ok(Outcome::Held {
+                        backend: Backend::Redis,
+                        fence: Some(fence),
+                        until,
+                        claimed,
+                        entry,
+                    });
+                }
+                Ok(None) => {
+                    core.redis_ok(&conn);
+                    return Ok(Outcome::NotAcquired(Backend::Redis));
                 }
                 Err(e) => {
                     let err = core.redis_failed(&conn, &e);
@@ -512,30 +743,24 @@ impl HandleInner {
                 }
             }
         }
-        let local = process().local.clone();
-        let step = deadline.saturating_duration_since(Instant::now());
-        if local
-            .take_async(&self.names.lock, &self.token, self.ttl, step)
-            .await
-        {
-            Ok(Outcome::Held(Backend::Local, None))
-        } else {
-            Ok(Outcome::NotAcquired(Backend::Local))
-        }
+        let until = lease_end(Instant::now(), self.ttl);
+        Ok(held_outcome(Backend::Local, None, until, entry))
     }
 
+    /// Redis part of an async acquisition: `Some((fence, until, claimed))` when held.
     async fn acquire_redis_async(
         self: &Arc<Self>,
         conn: &Arc<Conn>,
         deadline: Instant,
-    ) -> redis::RedisResult<Outcome> {
+    ) -> redis::RedisResult<Option<(i64, Instant, bool)>> {
+        let sent = Instant::now();
         match self.run_acquire_async(conn, None).await? {
-            Attempt::Got(f) => return Ok(Outcome::Held(Backend::Redis, Some(f))),
-            Attempt::Taken { pttl, holder } => {
+            Attempt::Got(f) => return Ok(Some((f, lease_end(sent, self.ttl), true))),
+            Attempt::Taken { pttl, holder, .. } => {
                 self.core.stats.contended.fetch_add(1, Ordering::Relaxed);
                 self.log_waiting(&holder, pttl);
                 if Instant::now() >= deadline {
-                    return Ok(Outcome::NotAcquired(Backend::Redis));
+                    return Ok(None);
                 }
             }
         }
@@ -549,25 +774,29 @@ impl HandleInner {
             if now >= deadline {
                 cancel.inner = None;
                 self.cancel_async(conn).await?;
-                return Ok(Outcome::NotAcquired(Backend::Redis));
+                return Ok(None);
             }
-            let pttl = match self.run_acquire_async(conn, Some(deadline - now)).await? {
+            let sent = Instant::now();
+            let (pttl, seen) = match self.run_acquire_async(conn, Some(deadline - now)).await? {
                 Attempt::Got(f) => {
                     cancel.inner = None;
-                    return Ok(Outcome::Held(Backend::Redis, Some(f)));
+                    return Ok(Some((f, lease_end(sent, self.ttl), true)));
                 }
-                Attempt::Taken { pttl, .. } => pttl,
+                Attempt::Taken { pttl, fence, .. } => (pttl, fence),
             };
             let nap =
                 Self::sleep_until_for(pttl).min(deadline.saturating_duration_since(Instant::now()));
             if let Some(Notice::Granted(f)) = guard.slot.wait_async(nap).await {
-                cancel.inner = None;
-                return Ok(Outcome::Held(Backend::Redis, Some(f)));
+                if let Some(until) = self.provisional(Some((sent, seen)), f) {
+                    cancel.inner = None;
+                    return Ok(Some((f, until, false)));
+                }
+                // else the acquire script at the loop's top claims it (or finds it gone)
             }
         }
     }
 
-    /// Records the outcome; starts the renewal. Returns whether the lock is held.
+    /// Records the outcome; starts the lease task. Returns whether the lock is held.
     fn finish(self: &Arc<Self>, outcome: Outcome, started: Instant) -> bool {
         let waited = started.elapsed();
         self.waited_ns.store(
@@ -580,15 +809,22 @@ impl HandleInner {
             Ordering::Relaxed,
         );
         match outcome {
-            Outcome::Held(backend, fence) => {
+            Outcome::Held {
+                backend,
+                fence,
+                until,
+                claimed,
+                entry,
+            } => {
+                // the table entry first: from here it lasts until the lease deadline
+                entry.commit(until);
+                self.deadline_ns.store(to_ns(until), Ordering::Release);
                 *self.state.lock() = State::Held { backend, fence };
                 stats.acquired.fetch_add(1, Ordering::Relaxed);
                 if backend == Backend::Local {
                     stats.fallback_acquires.fetch_add(1, Ordering::Relaxed);
                 }
-                if self.core.auto_renew {
-                    self.start_renewal(backend);
-                }
+                self.start_lease_task(backend, claimed);
                 // pairs with `abandon`: whichever of the two runs second releases
                 if self.abandoned.load(Ordering::SeqCst) {
                     self.release_in_background();
@@ -643,11 +879,11 @@ impl HandleInner {
         });
     }
 
-    fn start_renewal(self: &Arc<Self>, backend: Backend) {
+    fn start_lease_task(self: &Arc<Self>, backend: Backend, claimed: bool) {
         let me = self.clone();
         let task = process()
             .handle
-            .spawn(async move { me.renew_loop(backend).await });
+            .spawn(async move { me.lease_loop(backend, claimed).await });
         *self.renew.lock() = Some(task.abort_handle());
     }
 
@@ -655,6 +891,8 @@ impl HandleInner {
         if self.lost.swap(true, Ordering::AcqRel) {
             return;
         }
+        // the process's next contender need not wait for a lease nobody holds any more
+        process().held.release(&self.held_key, &self.token);
         self.core.stats.lost.fetch_add(1, Ordering::Relaxed);
         let key = self.names.lock.clone();
         let token = self.token.clone();
@@ -664,14 +902,36 @@ impl HandleInner {
         });
     }
 
-    async fn renew_loop(self: Arc<Self>, backend: Backend) {
+    /// The handle's timer and, with auto-renew, its renewal. `lost` becomes true at the
+    /// local lease deadline at the latest, even while a renewal is still in flight (a
+    /// partition): the wait for each reply is bounded by the deadline. `claimed`: false
+    /// for a hand-off, whose claim is the first renewal, sent at once.
+    async fn lease_loop(self: Arc<Self>, backend: Backend, claimed: bool) {
         let period = (self.ttl / 3).max(Duration::from_millis(1));
         let started = Instant::now();
-        let mut last_ok = Instant::now();
+        let mut renewing = self.core.auto_renew;
+        let mut next = if claimed { started + period } else { started };
+        // one warning per streak of failed renewals (they are retried every period / 4)
+        let mut failing = false;
         loop {
-            tokio::time::sleep(period).await;
-            if self.done.load(Ordering::Acquire) {
+            let wake = if renewing {
+                next.min(self.deadline())
+            } else {
+                self.deadline()
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(wake.into()) => {}
+                () = self.deadline_moved.notified() => {}
+            }
+            if self.done.load(Ordering::Acquire) || self.lost.load(Ordering::Acquire) {
                 return;
+            }
+            if Instant::now() >= self.deadline() {
+                self.mark_lost(LEASE_RAN_OUT);
+                return;
+            }
+            if !renewing || Instant::now() < next {
+                continue;
             }
             let mut ttl = self.ttl;
             if let Some(max) = self.core.max_hold {
@@ -681,63 +941,84 @@ impl HandleInner {
                     pyglue::log_detached(INFO, || {
                         format!("sessionlock: {key:?} reached max_hold; renewal stopped, the lease runs out")
                     });
-                    return;
+                    renewing = false;
+                    continue;
                 }
                 ttl = ttl.min(left);
             }
-            let res = match backend {
-                Backend::Local => Ok(process().local.extend(&self.names.lock, &self.token, ttl)),
-                Backend::Redis => self.extend_async(ttl).await,
+            let sent = Instant::now();
+            let res = tokio::select! {
+                r = self.renew_once(backend, ttl) => Some(r),
+                () = tokio::time::sleep_until(self.deadline().into()) => None,
             };
             // a release that raced this renewal is not a loss
             if self.done.load(Ordering::Acquire) {
                 return;
             }
             match res {
-                Ok(true) => {
-                    self.core.stats.renewals.fetch_add(1, Ordering::Relaxed);
-                    last_ok = Instant::now();
+                None => {
+                    self.mark_lost(LEASE_RAN_OUT);
+                    return;
                 }
-                Ok(false) => {
+                Some(Ok(true)) => {
+                    if !self.confirm(lease_end(sent, ttl)) {
+                        return;
+                    }
+                    self.core.stats.renewals.fetch_add(1, Ordering::Relaxed);
+                    next = sent + period;
+                    failing = false;
+                }
+                Some(Ok(false)) => {
                     self.mark_lost("the key is gone or owned by another token");
                     return;
                 }
-                Err(e) => {
-                    let desc = self.core.target.describe(&e);
-                    let key = self.names.lock.clone();
-                    pyglue::log_detached(WARNING, || {
-                        format!("sessionlock: renewing {key:?} failed: {desc}")
-                    });
-                    if last_ok.elapsed() >= self.ttl {
-                        self.mark_lost("renewals failed until the lease ran out");
-                        return;
+                Some(Err(e)) => {
+                    if !std::mem::replace(&mut failing, true) {
+                        let desc = self.core.target.describe(&e);
+                        let key = self.names.lock.clone();
+                        pyglue::log_detached(WARNING, || {
+                            format!("sessionlock: renewing {key:?} failed (retrying until the lease deadline): {desc}")
+                        });
                     }
+                    // try again soon: the deadline, not the next period, bounds the lease
+                    next = Instant::now() + (period / 4).max(Duration::from_millis(20));
                 }
             }
         }
     }
 
-    async fn extend_async(&self, ttl: Duration) -> redis::RedisResult<bool> {
-        let conn = self
-            .core
-            .conn()
-            .map_err(|_| redis::RedisError::from(std::io::Error::other("no connection")))?;
-        let inv = {
-            let mut inv = EXTEND.prepare_invoke();
-            inv.key(&self.names.lock).arg(&self.token).arg(ms(ttl));
-            inv
-        };
-        conn.run_async::<i64>(&inv).await.map(|v| v == 1)
+    async fn renew_once(&self, backend: Backend, ttl: Duration) -> redis::RedisResult<bool> {
+        match backend {
+            Backend::Local => Ok(process().held.holds(&self.held_key, &self.token)),
+            Backend::Redis => {
+                let conn = self
+                    .core
+                    .conn()
+                    .map_err(|_| redis::RedisError::from(std::io::Error::other("no connection")))?;
+                conn.run_async::<i64>(&self.extend_inv(ttl))
+                    .await
+                    .map(|v| v == 1)
+            }
+        }
     }
 
-    /// Switches Held -> Released and stops the renewal; returns what was held.
+    /// Switches Held -> Released and stops the lease task; returns what was held.
+    /// `None` for a forked child's copy (inert: it warns and touches nothing).
     fn begin_release(&self) -> Option<(Backend, Option<i64>)> {
+        if self.inherited() {
+            if matches!(*self.state.lock(), State::Held { .. }) {
+                self.warn_inherited("release");
+            }
+            return None;
+        }
         let mut st = self.state.lock();
         let State::Held { backend, fence } = *st else {
             return None;
         };
         *st = State::Released { backend, fence };
         drop(st);
+        // lost is decided before `done` is set: after that nothing checks the deadline
+        self.check_deadline();
         self.done.store(true, Ordering::Release);
         if let Some(t) = self.renew.lock().take() {
             t.abort();
@@ -750,7 +1031,9 @@ impl HandleInner {
             return Ok(false);
         };
         let ok = match backend {
-            Backend::Local => process().local.release(&self.names.lock, &self.token),
+            // a lost lease is over or someone else's: nothing to send
+            _ if self.lost.load(Ordering::Acquire) => false,
+            Backend::Local => true,
             Backend::Redis => {
                 let conn = self.core.conn()?;
                 let inv = invoke4(&RELEASE, &self.names, &[&self.token]);
@@ -763,7 +1046,9 @@ impl HandleInner {
                 }
             }
         };
-        Ok(ok && !self.lost.load(Ordering::Acquire))
+        // Redis first, then the table: a waiter of this process then finds Redis free
+        let live = process().held.release(&self.held_key, &self.token);
+        Ok(ok && live && !self.lost.load(Ordering::Acquire))
     }
 
     pub(crate) async fn release_async(&self) -> Result<bool> {
@@ -771,7 +1056,8 @@ impl HandleInner {
             return Ok(false);
         };
         let ok = match backend {
-            Backend::Local => process().local.release(&self.names.lock, &self.token),
+            _ if self.lost.load(Ordering::Acquire) => false,
+            Backend::Local => true,
             Backend::Redis => {
                 let conn = self.core.conn()?;
                 let inv = invoke4(&RELEASE, &self.names, &[&self.token]);
@@ -784,7 +1070,8 @@ impl HandleInner {
                 }
             }
         };
-        Ok(ok && !self.lost.load(Ordering::Acquire))
+        let live = process().held.release(&self.held_key, &self.token);
+        Ok(ok && live && !self.lost.load(Ordering::Acquire))
     }
 
     fn release_failed(&self, conn: &Conn, e: &redis::RedisError) {
@@ -806,25 +1093,36 @@ impl HandleInner {
         });
     }
 
-    /// Asks the backend whether this handle still owns the lock.
+    /// Asks the backend whether this handle still owns the lock. The question to Redis
+    /// waits at most until the local lease deadline: past it the answer is "no".
+    /// `Err` only when Redis could not be asked before the deadline.
     fn is_held_sync(&self) -> Result<bool> {
         let State::Held { backend, .. } = *self.state.lock() else {
             return Ok(false);
         };
-        if self.lost.load(Ordering::Acquire) {
+        if self.inherited() || self.is_lost() {
             return Ok(false);
         }
         match backend {
-            Backend::Local => Ok(process()
-                .local
-                .holder(&self.names.lock)
-                .is_some_and(|(t, _)| t == self.token)),
+            Backend::Local => Ok(process().held.holds(&self.held_key, &self.token)),
             Backend::Redis => {
                 let conn = self.core.conn()?;
+                let until = self.deadline();
                 let mut inv = HOLDER.prepare_invoke();
                 inv.key(&self.names.lock);
-                match conn.sync(|c| inv.invoke::<(String, i64)>(c)) {
+                let r = conn.sync(|c| {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
+                    }
+                    c.set_read_timeout(Some(left.min(conn.io_timeout())))?;
+                    let r = inv.invoke::<(String, i64)>(c);
+                    c.set_read_timeout(Some(conn.io_timeout()))?;
+                    r
+                });
+                match r {
                     Ok((t, _)) => Ok(t == self.token),
+                    Err(_) if self.is_lost() => Ok(false),
                     Err(e) => Err(Error::Unavailable(format!(
                         "cannot check the lock: {}",
                         conn.target.describe(&e)
@@ -835,15 +1133,22 @@ impl HandleInner {
     }
 
     fn extend_sync(&self, ttl: Duration) -> Result<bool> {
+        if self.inherited() {
+            self.warn_inherited("extend");
+            return Ok(false);
+        }
         let State::Held { backend, .. } = *self.state.lock() else {
             return Ok(false);
         };
+        if self.is_lost() {
+            return Ok(false);
+        }
+        let sent = Instant::now();
         let ok = match backend {
-            Backend::Local => process().local.extend(&self.names.lock, &self.token, ttl),
+            Backend::Local => process().held.holds(&self.held_key, &self.token),
             Backend::Redis => {
                 let conn = self.core.conn()?;
-                let mut inv = EXTEND.prepare_invoke();
-                inv.key(&self.names.lock).arg(&self.token).arg(ms(ttl));
+                let inv = self.extend_inv(ttl);
                 conn.sync(|c| inv.invoke::<i64>(c)).map_err(|e| {
                     Error::Unavailable(format!("cannot extend: {}", conn.target.describe(&e)))
                 })? == 1
@@ -851,8 +1156,9 @@ impl HandleInner {
         };
         if !ok {
             self.mark_lost("extend found the key gone or owned by another token");
+            return Ok(false);
         }
-        Ok(ok)
+        Ok(self.confirm(lease_end(sent, ttl)))
     }
 
     pub(crate) fn lost_error(&self) -> Error {
@@ -964,11 +1270,17 @@ impl PyRedisLock {
             inner: Arc::new(HandleInner {
                 core: self.core.clone(),
                 names: Names::new(&full),
+                // one entry per Redis target and full key: shared by every RedisLock
+                // (and session manager) of this process that can contend for it
+                held_key: format!("{}\0{}", self.core.target.id(), full),
                 token: crate::random::uuid_v4().simple().to_string(),
+                pid: std::process::id(),
                 ttl,
                 wait,
                 state: Mutex::new(State::Pending),
                 lost: AtomicBool::new(false),
+                deadline_ns: AtomicU64::new(0),
+                deadline_moved: tokio::sync::Notify::new(),
                 done: AtomicBool::new(false),
                 abandoned: AtomicBool::new(false),
                 waited_ns: AtomicU64::new(0),
@@ -1020,18 +1332,25 @@ impl PyRedisLock {
                         if core.raise {
                             return Err(err);
                         }
-                        Ok(local_holder(&process().local, names))
+                        Ok(self.local_holder(names))
                     }
                 }
             }
-            Route::Local(l) => Ok(local_holder(&l, names)),
+            Route::Local => Ok(self.local_holder(names)),
         })
     }
-}
 
-fn local_holder(l: &LocalLocks, names: &Names) -> Option<(String, i64)> {
-    l.holder(&names.lock)
-        .map(|(t, d)| (t, i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+    fn held_key(&self, names: &Names) -> String {
+        format!("{}\0{}", self.core.target.id(), names.lock)
+    }
+
+    /// The holder in this process's table (the lock itself during an outage).
+    fn local_holder(&self, names: &Names) -> Option<(String, i64)> {
+        process()
+            .held
+            .holder(&self.held_key(names))
+            .map(|(t, d)| (t, i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+    }
 }
 
 #[pymethods]
@@ -1119,11 +1438,11 @@ impl PyRedisLock {
                         if core.raise {
                             return Err(err);
                         }
-                        Ok(process().local.force_release(&names.lock))
+                        Ok(process().held.force_release(&self.held_key(&names)))
                     }
                 }
             }
-            Route::Local(l) => Ok(l.force_release(&names.lock)),
+            Route::Local => Ok(process().held.force_release(&self.held_key(&names))),
         })
     }
 
@@ -1267,6 +1586,11 @@ pub struct PyLockHandle {
 impl Drop for PyLockHandle {
     fn drop(&mut self) {
         // An abandoned handle stops renewing; its lease runs out on its own.
+        if self.inner.inherited() {
+            // the task belongs to the parent's runtime, which does not run here: leave it
+            std::mem::forget(self.inner.renew.lock().take());
+            return;
+        }
         self.inner.done.store(true, Ordering::Release);
         if let Some(t) = self.inner.renew.lock().take() {
             t.abort();
@@ -1298,29 +1622,34 @@ impl PyLockHandle {
         let inner = &self.inner;
         let started = Instant::now();
         let deadline = started + inner.wait;
-        let mut waiting = None;
-        let mut local = false;
+        let mut acq = Acquiring {
+            entry: None,
+            waiting: None,
+            local: false,
+        };
         let outcome = loop {
-            let step = py.detach(|| inner.step_sync(deadline, &mut waiting, &mut local));
+            let step = py.detach(|| inner.step_sync(deadline, &mut acq));
             match step {
                 Ok(Some(o)) => break o,
                 Ok(None) => {}
                 Err(e) => {
+                    drop(acq); // gives the table entry back
                     *inner.state.lock() = State::Pending;
                     return Err(e);
                 }
             }
             if let Err(e) = py.check_signals() {
-                if let Some(w) = waiting.take() {
+                if let Some(w) = acq.waiting.take() {
                     let conn = w.conn.clone();
                     drop(w);
                     let _ = py.detach(|| inner.cancel_sync(&conn));
                 }
+                drop(acq);
                 *inner.state.lock() = State::Pending;
                 return Err(e.into());
             }
         };
-        drop(waiting);
+        drop(acq);
         let held = inner.finish(outcome, started);
         inner.log_outcome(py, held);
         Ok(())
@@ -1459,9 +1788,10 @@ impl PyLockHandle {
         self.inner.waited_ns.load(Ordering::Relaxed) as f64 / 1e9
     }
 
+    /// True once the lease is known to be over (exact: checks the local deadline too).
     #[getter]
     fn lost(&self) -> bool {
-        self.inner.lost.load(Ordering::Acquire)
+        self.inner.is_lost()
     }
 
     fn __bool__(&self, py: Python<'_>) -> Result<bool> {
@@ -1493,22 +1823,36 @@ impl PyLockHandle {
         py.detach(|| inner.is_held_sync())
     }
 
+    /// LockLost unless this handle holds the lock: at once past the local lease deadline;
+    /// before it, Redis is asked (waiting at most until the deadline). If Redis cannot be
+    /// asked before the deadline, the confirmed lease still covers the caller: no error.
     fn ensure_held(&self, py: Python<'_>) -> Result<()> {
-        if self.inner.lost.load(Ordering::Acquire) {
-            return Err(self.inner.lost_error());
+        let inner = &self.inner;
+        if inner.inherited() {
+            return Err(Error::Lost(format!(
+                "lock {:?} is held by process {}, not by this forked child (the handle was inherited)",
+                inner.names.lock, inner.pid
+            )));
+        }
+        if inner.is_lost() {
+            return Err(inner.lost_error());
         }
         if !self.is_acquired() {
             return Err(Error::Lost(format!(
                 "lock {:?} is not held by this handle",
-                self.inner.names.lock
+                inner.names.lock
             )));
         }
-        if !self.is_held(py)? {
-            self.inner
-                .mark_lost("the key is gone or owned by another token");
-            return Err(self.inner.lost_error());
+        let me = inner.clone();
+        match py.detach(|| me.is_held_sync()) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                inner.mark_lost("the key is gone or owned by another token");
+                Err(inner.lost_error())
+            }
+            Err(_) if !inner.is_lost() => Ok(()),
+            Err(_) => Err(inner.lost_error()),
         }
-        Ok(())
     }
 
     fn __enter__(slf: &Bound<'_, Self>) -> Result<Py<Self>> {

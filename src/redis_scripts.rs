@@ -6,22 +6,30 @@
 //! hash tag, so `K` and every helper name below hash to one slot and each script touches a
 //! single slot; on a single server the braces are just characters):
 //!
-//! | name              | type   | what                                                   |
-//! |-------------------|--------|--------------------------------------------------------|
-//! | `K`               | string | the lease: value = holder token, PX = lease            |
-//! | `K \0fence`       | string | fencing counter (INCR), kept 7 days after last use     |
-//! | `K \0queue`       | zset   | waiters in arrival order (score = arrival µs)          |
-//! | `K \0waiters`     | hash   | waiter token -> "deadline_ms:ttl_ms"                   |
-//! | `K \0released`    | pubsub | hand-off notices "token:fence"                         |
+//! | name              | type   | what                                     | lives          |
+//! |-------------------|--------|------------------------------------------|----------------|
+//! | `K`               | string | the lease: value = holder token          | the lease (PX) |
+//! | `K \0fence`       | string | last fencing token handed out            | the lease      |
+//! | `K \0queue`       | zset   | waiters in arrival order (score = µs)    | <= 3 s idle    |
+//! | `K \0waiters`     | hash   | waiter token -> "deadline_ms:ttl_ms"     | same as queue  |
+//! | `K \0released`    | pubsub | hand-off notices "token:fence"           | (a channel)    |
 //!
 //! User keys and prefixes may not contain NUL, so no `\0` name can be another lock's key.
+//! Nothing outlives its lock: the fence key gets the lease's expiry whenever the lease is
+//! set or renewed, the queue and waiters keys expire shortly after the last waiter's last
+//! refresh. Fencing tokens still grow when a key is reused after its fence expired: a
+//! token is `max(last + 1, server time in µs)`, so it is guarded by the counter while the
+//! counter lives and by the server clock after (only a server clock stepped back by more
+//! than the time since the fence expired could repeat a token).
 //!
 //! Fairness: a release does not just delete the key, it hands the lease straight to the
-//! first live waiter in the queue (SET key waiter-token PX its-ttl, INCR the fence) and
+//! first live waiter in the queue (SET key waiter-token PX claim-window, new fence) and
 //! publishes "token:fence" on the channel, so the waiter owns the lock before it even wakes
-//! and a releaser that immediately asks again queues behind it. A waiter's queue entry
-//! carries a deadline it refreshes on every retry; entries whose waiter gave up or died
-//! are skipped once their deadline passes.
+//! and a releaser that immediately asks again queues behind it. The new owner claims it
+//! (its first renewal, or its next acquire script) within `CLAIM_MS`; a waiter that died
+//! never does, so the lock falls free and goes to the next waiter instead of sitting on a
+//! dead process's full lease. A waiter's queue entry carries a deadline it refreshes on
+//! every retry; entries whose waiter gave up or died are skipped once their deadline passes.
 
 /// Suffixes of the helper names (see the module table).
 pub const FENCE_SUFFIX: &str = "\0fence";
@@ -50,6 +58,9 @@ pub fn untagged<'a>(prefix: &str, full: &'a str) -> Option<&'a str> {
         .strip_prefix('{')?
         .strip_suffix('}')
 }
+
+/// How long a lock handed to a waiter lasts until that waiter claims it.
+pub const CLAIM_MS: u64 = 1000;
 
 /// The four keys every script takes, in `KEYS[1..4]` order, and the channel name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,21 +116,19 @@ pub fn parse_notice(payload: &str) -> Option<(&str, i64)> {
 /// Numbers that can exceed 1e14 are formatted with `%.0f`: Lua 5.1's default number
 /// format (`%.14g`) would turn them into `1.7e+15`.
 const PROLOGUE: &str = r"
+local CLAIM_MS = 1000
 local lock, fence, queue, waiters = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local chan = lock .. '\0released'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
-local function next_fence()
-  local f = redis.call('INCR', fence)
-  if f == 1 then
-    -- a new (or expired) counter starts at the server clock in microseconds, so tokens
-    -- stay increasing even after the counter was dropped for being idle
-    f = t[1] .. string.format('%06d', tonumber(t[2]))
-    redis.call('SET', fence, f)
-    f = tonumber(f)
-  end
-  redis.call('PEXPIRE', fence, 604800000)
+-- The next fencing token: above the last one while its key lives, and above every
+-- earlier token after it expired (the server clock in microseconds). It lives as long
+-- as the lease `px` it comes with.
+local function next_fence(px)
+  local last = tonumber(redis.call('GET', fence)) or 0
+  local f = math.max(last + 1, tonumber(t[1]) * 1000000 + tonumber(t[2]))
+  redis.call('SET', fence, string.format('%.0f', f), 'PX', px)
   return f
 end
 
@@ -135,8 +144,10 @@ local function grant_next(quiet)
     if meta then
       local sep = string.find(meta, ':', 1, true)
       if tonumber(string.sub(meta, 1, sep - 1)) >= now then
-        redis.call('SET', lock, head, 'PX', string.sub(meta, sep + 1))
-        local f = next_fence()
+        -- a claim window, not the full lease: a dead waiter never claims it
+        local px = math.min(CLAIM_MS, tonumber(string.sub(meta, sep + 1)))
+        redis.call('SET', lock, head, 'PX', px)
+        local f = next_fence(px)
         if head ~= quiet then
           redis.call('PUBLISH', chan, head .. ':' .. string.format('%.0f', f))
         end
@@ -149,13 +160,18 @@ end
 ";
 
 /// ARGV: token, ttl_ms, queue_ms (0: do not queue).
-/// Returns `{1, fence, ''}` when the caller holds the lock (taken now, or handed to it
-/// while it waited), else `{0, holder_pttl, holder_token}` (and queues the caller).
+/// Returns `{1, fence, '', 0}` when the caller holds the lock (taken now, or handed to it
+/// while it waited), else `{0, holder_pttl, holder_token, holder_fence}` (and queues the
+/// caller). A hand-off notice whose fence is not above `holder_fence` predates this call:
+/// it is stale (that hand-off's claim window ran out), not a grant to act on.
 pub const ACQUIRE_BODY: &str = r"
 local token, ttl, queue_ms = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local holder = redis.call('GET', lock)
 if holder == token then
-  return {1, tonumber(redis.call('GET', fence)) or 0, ''}
+  -- handed to us while we waited: claim it (the full lease from now)
+  redis.call('PEXPIRE', lock, ttl)
+  redis.call('PEXPIRE', fence, ttl)
+  return {1, tonumber(redis.call('GET', fence)) or 0, '', 0}
 end
 if not holder then
   local g, f = grant_next(token)
@@ -163,9 +179,13 @@ if not holder then
     redis.call('SET', lock, token, 'PX', ttl)
     redis.call('ZREM', queue, token)
     redis.call('HDEL', waiters, token)
-    return {1, next_fence(), ''}
+    return {1, next_fence(ttl), '', 0}
   end
-  if g == token then return {1, f, ''} end
+  if g == token then
+    redis.call('PEXPIRE', lock, ttl)
+    redis.call('PEXPIRE', fence, ttl)
+    return {1, f, '', 0}
+  end
   holder = g
 end
 if queue_ms > 0 then
@@ -177,7 +197,7 @@ if queue_ms > 0 then
     redis.call('PEXPIRE', waiters, keep)
   end
 end
-return {0, redis.call('PTTL', lock), holder}
+return {0, redis.call('PTTL', lock), holder, tonumber(redis.call('GET', fence)) or 0}
 ";
 
 /// ARGV: token. Compare-and-delete, then hand the lock to the next waiter.
@@ -207,10 +227,12 @@ grant_next(nil)
 return had
 ";
 
-/// ARGV: token, ttl_ms. Compare-and-pexpire. Returns 1 if the caller still holds it.
+/// KEYS: lock, fence. ARGV: token, ttl_ms. Compare-and-pexpire (the fence key lives as
+/// long as the lease). Also the claim of a hand-off. Returns 1 if the caller holds it.
 pub const EXTEND: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 ";
 
@@ -263,6 +285,11 @@ mod tests {
         assert_eq!(parse_notice("abc:17"), Some(("abc", 17)));
         assert_eq!(parse_notice("abc"), None);
         assert_eq!(parse_notice("abc:x"), None);
+    }
+
+    #[test]
+    fn prologue_claim_window_matches_rust_constant() {
+        assert!(PROLOGUE.contains(&format!("local CLAIM_MS = {CLAIM_MS}\n")));
     }
 
     #[test]

@@ -822,7 +822,7 @@ impl State {
         };
         let inner = handle.get().inner.clone();
         let _ = py.detach(|| inner.release_sync());
-        let lost = inner.lost.load(Ordering::Acquire);
+        let lost = inner.is_lost();
         if lost {
             bump(&self.stats.lock_lost);
         }
@@ -843,7 +843,7 @@ impl State {
                 "the lock of session {sid:?} is not held by this thread or task"
             ))
         })?;
-        if inner.lost.load(Ordering::Acquire) {
+        if inner.is_lost() {
             return Err(inner.lost_error());
         }
         let key = self.key(sid);
@@ -1700,7 +1700,7 @@ impl PyRedisSessionLock {
             if let Some(h) = handle {
                 let inner = h.get().inner.clone();
                 let _ = inner.release_async().await;
-                lost = inner.lost.load(Ordering::Acquire);
+                lost = inner.is_lost();
                 if lost {
                     bump(&st.stats.lock_lost);
                 }
@@ -2007,7 +2007,7 @@ async fn awrite_back(
     inner: &crate::redis_lock::HandleInner,
     body: &[u8],
 ) -> Result<bool> {
-    if inner.lost.load(Ordering::Acquire) {
+    if inner.is_lost() {
         return Err(inner.lost_error());
     }
     let key = st.key(sid);

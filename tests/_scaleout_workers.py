@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import sessionlock
@@ -26,6 +27,16 @@ def exclusive_section(url: str, key: str, marker: str, n: int, start: Any, q: An
             fences.append(h.fencing_token)
     lk.close()
     q.put((overlaps, fences))
+
+
+def wait_for_lock(url: str, prefix: str, key: str, q: Any) -> None:
+    """Waits (in Redis: another process) for `key`; reports time.monotonic() when it got it
+    (CLOCK_MONOTONIC is one clock for every process of the machine)."""
+    lk = sessionlock.RedisLock(url, prefix=prefix, wait=20, fallback="raise")
+    h = lk.acquire(key)
+    q.put(time.monotonic() if h else None)
+    h.release()
+    lk.close()
 
 
 def lock_loop(url: str, keys: list[str], marker_dir: str, stop: Any, q: Any) -> None:

@@ -817,11 +817,10 @@ def test_cancelled_async_waiter_leaves_no_trace(mgr: Mgr, redis_url: str) -> Non
         h = asyncio.create_task(holder())
         await holding.wait()
         w = asyncio.create_task(waiter())
-        for _ in range(5000):  # until the waiter has queued up behind the holder (in Redis)
-            if client.zcard(queue) or w.done():
-                break
-            await asyncio.sleep(0.001)  # sleep-ok: polls a condition, bounded
-        assert client.zcard(queue) == 1 and not w.done()
+        # the waiter queues behind the holder in this process's table of held keys (same-process
+        # contention never reaches Redis); nothing observable says when it has queued
+        await asyncio.sleep(0.05)  # sleep-ok: let the waiter queue
+        assert client.zcard(queue) == 0 and not w.done()
         w.cancel()
         with pytest.raises(asyncio.CancelledError):
             await w

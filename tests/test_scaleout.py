@@ -4,7 +4,6 @@ real redis-server processes on loopback (tests/scaleout_servers.py)."""
 from __future__ import annotations
 
 import multiprocessing
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -104,24 +103,19 @@ def test_a_waiter_is_woken_by_the_release_not_the_lease(redis_cluster: RedisClus
     key = new_key()
     holder = lk.acquire(key)
     assert holder
-    got: list[float] = []
-    waiting = threading.Event()
-
-    def waiter() -> None:
-        waiting.set()
-        h = lk.acquire(key, wait=20)
-        got.append(time.monotonic())
-        h.release()
-
-    t = threading.Thread(target=waiter)
-    t.start()
-    waiting.wait(5)
-    while not redis_cluster.client().zcard(holder.key + "\0queue"):
-        time.sleep(0.005)  # sleep-ok: until the waiter is queued in Redis (bounded by timeout)
+    q = SPAWN.Queue()
+    p = SPAWN.Process(target=workers.wait_for_lock, args=(redis_cluster.url, "wake:", key, q))
+    p.start()
+    r = redis_cluster.client()
+    deadline = time.monotonic() + 30
+    while not r.zcard(holder.key + "\0queue"):  # the other process is queued in Redis
+        assert time.monotonic() < deadline and p.is_alive()
+        time.sleep(0.005)  # sleep-ok: polls a condition in another process, bounded
     released = time.monotonic()
     holder.release()
-    t.join(10)
-    assert got and got[0] - released < 1.0  # woken by the notice, not the 30 s lease
+    got = q.get(timeout=20)
+    p.join(10)
+    assert got is not None and got - released < 1.0  # woken by the notice, not the 30 s lease
     lk.close()
 
 

@@ -161,6 +161,12 @@ class LockHandle:
     threads sharing one ``RedisLock`` never share a lock. A handle created inside a running
     event loop is *pending*: ``await handle`` / ``async with handle`` take the lock without
     blocking the loop; ``with`` / ``bool()`` take it blocking (one warning is logged).
+
+    While held, the handle keeps a local lease deadline: the moment it sent its last
+    acquire or renewal that Redis confirmed, plus the lease, minus a drift margin (1 % +
+    2 ms). ``lost`` is True from that deadline on, even when Redis cannot be reached.
+    A handle inherited by a forked child is inert there: it never touches the parent's lease
+    (see docs/failure-modes.md).
     """
 
     @property
@@ -183,37 +189,47 @@ class LockHandle:
         """Seconds the acquisition waited (to skip work another holder just did)."""
     @property
     def lost(self) -> bool:
-        """True once a renewal (or ``extend``/``ensure_held``) found the lock gone."""
+        """True once the lease is over: a renewal (or ``extend``/``ensure_held``) found the lock
+        gone or taken, or the local lease deadline passed. Never turns back to False."""
     def __bool__(self) -> bool:
         """Whether the lock is held; settles a pending handle first (blocking)."""
     def release(self) -> bool:
         """Owner-only release (compare-and-delete); hands the lock to the next waiter.
 
         Returns False if this handle does not hold it (any more): never held, already
-        released, lease ran out, or Redis unreachable (then a warning is logged and the lease
-        runs out on its own). Safe to retry. The GIL is released during the round trip.
+        released, lease ran out (``lost``: nothing is sent), or Redis unreachable (then a
+        warning is logged and the lease runs out on its own). In a forked child, a handle
+        inherited from the parent returns False and logs a warning, touching nothing. Safe to
+        retry. The GIL is released during the round trip.
         """
     def extend(self, ttl: float | None = None) -> bool:
         """Owner-only: sets the lease to ``ttl`` seconds (default: the acquire ttl).
 
-        False (and ``lost`` set) if the lock is no longer this handle's.
-        Raises ``RedisUnavailable`` if Redis cannot be asked. Releases the GIL.
+        False (and ``lost`` set) if the lock is no longer this handle's; False (with a
+        warning) for a handle inherited by a forked child. Raises ``RedisUnavailable`` if
+        Redis cannot be asked. Releases the GIL.
         """
     def is_held(self) -> bool:
         """Asks Redis (or the local table) whether this handle still owns the lock.
 
-        Raises ``RedisUnavailable`` if Redis cannot be asked. Releases the GIL.
+        Waits for Redis at most until the local lease deadline (then False). Raises
+        ``RedisUnavailable`` if Redis cannot be asked before it. Releases the GIL.
         """
     def ensure_held(self) -> None:
-        """Raises ``LockLost`` unless this handle still owns the lock (asks Redis).
+        """Raises ``LockLost`` unless this handle still owns the lock.
 
-        Call it right before committing a write.
+        Past the local lease deadline it raises at once; before it, it asks Redis, waiting
+        at most until the deadline; if Redis cannot be asked, the confirmed lease still
+        covers the caller and nothing is raised. Raises ``LockLost`` in a forked child for a
+        handle inherited from the parent. Call it right before committing a write (and pass
+        ``fencing_token`` to the store: a paused process can resume after the check).
         """
     def __enter__(self) -> LockHandle:
         """Takes a pending lock (blocking); raises ``LockTimeout`` if the wait ran out."""
     def __exit__(self, exc_type: object, _exc: object = None, _tb: object = None) -> bool:
         """Releases; raises ``LockLost`` if the lock was lost while held (and no other
-        exception is propagating)."""
+        exception is propagating). In a forked child, leaving a block entered by the parent
+        releases nothing (a warning is logged) and raises nothing."""
     def __await__(self) -> Generator[Any, None, LockHandle]:
         """``h = await lk.acquire(k)``: the handle, held or not (check ``bool(h)``)."""
     def __aenter__(self) -> Awaitable[LockHandle]:
@@ -231,7 +247,9 @@ class RedisLock:
     never appear in logs, reprs or errors. ``fallback="local"`` uses a process-local lock
     while Redis is unreachable (``backend == "local"``); ``fallback="raise"`` raises
     ``RedisUnavailable`` within ``connect_timeout``. Raises ``TypeError``/``ValueError`` for
-    bad arguments.
+    bad arguments. A key is taken first in this process's table of held keys (shared by
+    every ``RedisLock`` of the same URL and prefix, FIFO), then on Redis: one process never
+    has two holders of a key, whatever the backend.
     """
 
     def __new__(

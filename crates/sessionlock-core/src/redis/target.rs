@@ -239,6 +239,12 @@ impl Target {
         &self.url
     }
 
+    /// Identifies the server (the full URL, password included): a map key, never shown.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        &self.url
+    }
+
     /// The deployment this URL names.
     #[must_use]
     pub fn topology(&self) -> &Topology {
