@@ -311,7 +311,42 @@ pub enum SyncConn {
     Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
+/// `WAIT replicas timeout` for the master of `key`'s slot: on a cluster it is routed there
+/// (a bare WAIT would go to every master), and on one node it goes down the same connection,
+/// so it counts the write this connection just made.
+fn wait_cmd(
+    key: &str,
+    replicas: u32,
+    timeout: Duration,
+) -> (redis::Cmd, redis::cluster_routing::RoutingInfo) {
+    use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, Slot, SlotAddr};
+    let ms = u64::try_from(timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let cmd = redis::cmd("WAIT").arg(replicas).arg(ms).clone();
+    let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(Route::with_slot(
+        Slot::for_key(key),
+        SlotAddr::Master,
+    )));
+    (cmd, route)
+}
+
 impl SyncConn {
+    /// How many replicas acknowledged this connection's writes to `key`'s master, waiting
+    /// up to `timeout` for `replicas` of them.
+    pub fn wait_replicas(
+        &mut self,
+        key: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> redis::RedisResult<i64> {
+        let (cmd, route) = wait_cmd(key, replicas, timeout);
+        match self {
+            SyncConn::Node(c) => cmd.query(c),
+            SyncConn::Cluster(c) => Ok(redis::from_redis_value(c.route_command(&cmd, route)?)?),
+        }
+    }
+
     /// Sets how long a reply may take on this connection (every node of a cluster).
     pub fn set_read_timeout(&self, dur: Option<Duration>) -> redis::RedisResult<()> {
         match self {
@@ -382,6 +417,23 @@ impl redis::ConnectionLike for SyncConn {
 pub enum AConn {
     Node(MultiplexedConnection),
     Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl AConn {
+    /// See [`SyncConn::wait_replicas`]. Clones of one multiplexed connection share it, so
+    /// the WAIT counts the write made through any clone before it.
+    pub async fn wait_replicas(
+        &mut self,
+        key: &str,
+        replicas: u32,
+        timeout: Duration,
+    ) -> redis::RedisResult<i64> {
+        let (cmd, route) = wait_cmd(key, replicas, timeout);
+        match self {
+            AConn::Node(c) => cmd.query_async(c).await,
+            AConn::Cluster(c) => Ok(redis::from_redis_value(c.route_command(cmd, route).await?)?),
+        }
+    }
 }
 
 impl redis::aio::ConnectionLike for AConn {
@@ -593,6 +645,35 @@ impl Conn {
                     self.drop_aconn().await;
                 }
             }
+        }
+        r
+    }
+
+    /// One script, then (if it reported a write, `wrote`) WAIT for `replicas` on the same
+    /// connection. Returns the script's result and the replicas that
+    /// acknowledged (`i64::MAX` when nothing was written).
+    pub async fn run_async_replicated<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+        key: &str,
+        replicas: u32,
+        timeout: Duration,
+        wrote: impl FnOnce(&T) -> bool,
+    ) -> redis::RedisResult<(T, i64)> {
+        // One connection for both, so the WAIT counts this very write (no retry on a fresh
+        // connection here: a failure goes to the caller, which retries the whole step).
+        let mut c = self.aconn().await?;
+        let r = async {
+            let v = inv.invoke_async::<T>(&mut c).await?;
+            if !wrote(&v) {
+                return Ok((v, i64::MAX));
+            }
+            let acked = c.wait_replicas(key, replicas, timeout).await?;
+            Ok((v, acked))
+        }
+        .await;
+        if matches!(&r, Err(e) if is_broken(e)) {
+            self.drop_aconn().await;
         }
         r
     }

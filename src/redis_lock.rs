@@ -116,9 +116,38 @@ struct Core {
     max_hold: Option<Duration>,
     raise: bool,
     connect_timeout: Duration,
+    /// `min_replicas` / `replica_timeout`: what an acquire or renewal needs before it
+    /// counts (None: the master's word is enough).
+    replication: Option<Replication>,
     stats: Stats,
     closed: AtomicBool,
     warned_sync_in_loop: AtomicBool,
+}
+
+/// Writes count only once `replicas` replicas acknowledged them within `timeout` (WAIT).
+#[derive(Clone, Copy, Debug)]
+struct Replication {
+    replicas: u32,
+    timeout: Duration,
+}
+
+/// The detail of the error a write that too few replicas acknowledged turns into. It is
+/// not an outage (no fallback, no outage warning): `RedisUnavailable` is raised as is.
+const UNREPLICATED: &str = "too few replicas acknowledged the write";
+
+fn unreplicated(acked: i64, r: Replication) -> redis::RedisError {
+    redis::RedisError::from((
+        redis::ErrorKind::Client,
+        UNREPLICATED,
+        format!(
+            "{acked} of the {} replicas asked for within {:?}; the write was undone",
+            r.replicas, r.timeout
+        ),
+    ))
+}
+
+fn is_unreplicated(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Client && e.to_string().contains(UNREPLICATED)
 }
 
 /// What an attempt to use Redis found.
@@ -485,8 +514,28 @@ impl HandleInner {
     ) -> redis::RedisResult<Attempt> {
         let a = self.acquire_args(queue);
         let inv = invoke4(&ACQUIRE, &self.names, &[&a[0], &a[1], &a[2]]);
-        conn.sync(|c| inv.invoke::<(i64, i64, String, i64)>(c))
-            .map(parse_attempt)
+        let Some(rep) = self.core.replication else {
+            return conn
+                .sync(|c| inv.invoke::<(i64, i64, String, i64)>(c))
+                .map(parse_attempt);
+        };
+        let key = &self.names.lock;
+        let (r, acked) = conn.sync(|c| {
+            let r = inv.invoke::<(i64, i64, String, i64)>(c)?;
+            let acked = if r.0 == 1 {
+                c.wait_replicas(key, rep.replicas, rep.timeout)?
+            } else {
+                i64::MAX
+            };
+            Ok((r, acked))
+        })?;
+        if acked < i64::from(rep.replicas) {
+            // undo: the lease must not stay with a write a failover could lose
+            let inv = invoke4(&RELEASE, &self.names, &[&self.token]);
+            let _ = conn.sync(|c| inv.invoke::<i64>(c));
+            return Err(unreplicated(acked, rep));
+        }
+        Ok(parse_attempt(r))
     }
 
     async fn run_acquire_async(
@@ -496,9 +545,46 @@ impl HandleInner {
     ) -> redis::RedisResult<Attempt> {
         let a = self.acquire_args(queue);
         let inv = invoke4(&ACQUIRE, &self.names, &[&a[0], &a[1], &a[2]]);
-        conn.run_async::<(i64, i64, String, i64)>(&inv)
-            .await
-            .map(parse_attempt)
+        let Some(rep) = self.core.replication else {
+            return conn
+                .run_async::<(i64, i64, String, i64)>(&inv)
+                .await
+                .map(parse_attempt);
+        };
+        let (r, acked) = conn
+            .run_async_replicated::<(i64, i64, String, i64)>(
+                &inv,
+                &self.names.lock,
+                rep.replicas,
+                rep.timeout,
+                |r| r.0 == 1,
+            )
+            .await?;
+        if acked < i64::from(rep.replicas) {
+            let inv = invoke4(&RELEASE, &self.names, &[&self.token]);
+            let _ = conn.run_async::<i64>(&inv).await;
+            return Err(unreplicated(acked, rep));
+        }
+        Ok(parse_attempt(r))
+    }
+
+    /// The extend script, and with `min_replicas` its WAIT: Ok(true) renewed (and
+    /// acknowledged), Ok(false) not ours any more, Err an error or too few replicas (the
+    /// renewal then does not count: the local deadline is not moved).
+    async fn run_extend_async(&self, conn: &Conn, ttl: Duration) -> redis::RedisResult<bool> {
+        let inv = self.extend_inv(ttl);
+        let Some(rep) = self.core.replication else {
+            return conn.run_async::<i64>(&inv).await.map(|v| v == 1);
+        };
+        let (v, acked) = conn
+            .run_async_replicated::<i64>(&inv, &self.names.lock, rep.replicas, rep.timeout, |v| {
+                *v == 1
+            })
+            .await?;
+        if acked < i64::from(rep.replicas) {
+            return Err(unreplicated(acked, rep));
+        }
+        Ok(v == 1)
     }
 
     fn extend_inv(&self, ttl: Duration) -> redis::ScriptInvocation<'static> {
@@ -517,7 +603,8 @@ impl HandleInner {
     /// round trip on the hand-off path); `None`: claim first.
     fn provisional(&self, taken: Option<(Instant, i64)>, fence: i64) -> Option<Instant> {
         let (sent, seen) = taken?;
-        if !self.core.auto_renew || fence <= seen {
+        // with min_replicas a hand-off counts only once claimed (a replicated write)
+        if !self.core.auto_renew || self.core.replication.is_some() || fence <= seen {
             return None;
         }
         let window = CLAIM.min(self.ttl);
@@ -691,6 +778,10 @@ impl HandleInner {
     }
 
     fn fall_back(&self, conn: &Conn, e: &redis::RedisError, local: &mut bool) -> Result<()> {
+        if is_unreplicated(e) {
+            // Redis answered: not an outage, and no local lock stands in for replication
+            return Err(Error::Unavailable(conn.target.describe(e)));
+        }
         let err = self.core.redis_failed(conn, e);
         if self.core.raise {
             return Err(err);
@@ -734,6 +825,9 @@ impl HandleInner {
                 Ok(None) => {
                     core.redis_ok(&conn);
                     return Ok(Outcome::NotAcquired(Backend::Redis));
+                }
+                Err(e) if is_unreplicated(&e) => {
+                    return Err(Error::Unavailable(conn.target.describe(&e)));
                 }
                 Err(e) => {
                     let err = core.redis_failed(&conn, &e);
@@ -995,9 +1089,7 @@ impl HandleInner {
                     .core
                     .conn()
                     .map_err(|_| redis::RedisError::from(std::io::Error::other("no connection")))?;
-                conn.run_async::<i64>(&self.extend_inv(ttl))
-                    .await
-                    .map(|v| v == 1)
+                self.run_extend_async(&conn, ttl).await
             }
         }
     }
@@ -1149,7 +1241,22 @@ impl HandleInner {
             Backend::Redis => {
                 let conn = self.core.conn()?;
                 let inv = self.extend_inv(ttl);
-                conn.sync(|c| inv.invoke::<i64>(c)).map_err(|e| {
+                let key = &self.names.lock;
+                let rep = self.core.replication;
+                conn.sync(|c| {
+                    let v = inv.invoke::<i64>(c)?;
+                    match rep {
+                        Some(r) if v == 1 => {
+                            let acked = c.wait_replicas(key, r.replicas, r.timeout)?;
+                            if acked < i64::from(r.replicas) {
+                                return Err(unreplicated(acked, r));
+                            }
+                            Ok(v)
+                        }
+                        _ => Ok(v),
+                    }
+                })
+                .map_err(|e| {
                     Error::Unavailable(format!("cannot extend: {}", conn.target.describe(&e)))
                 })? == 1
             }
@@ -1220,8 +1327,20 @@ fn build_core(
     max_hold: Option<f64>,
     fallback: &str,
     connect_timeout: f64,
+    min_replicas: i64,
+    replica_timeout: f64,
 ) -> Result<Core> {
     check_prefix(&prefix)?;
+    if min_replicas < 0 {
+        return Err(Error::Value(format!(
+            "min_replicas must be >= 0, got {min_replicas}"
+        )));
+    }
+    let replica_timeout = positive_secs("replica_timeout", replica_timeout)?;
+    let replication = (min_replicas > 0).then(|| Replication {
+        replicas: u32::try_from(min_replicas).unwrap_or(u32::MAX),
+        timeout: replica_timeout,
+    });
     let ttl = positive_secs("ttl", ttl)?;
     let wait = non_negative_secs("wait", wait)?;
     let max_hold = max_hold.map(|v| positive_secs("max_hold", v)).transpose()?;
@@ -1245,6 +1364,7 @@ fn build_core(
         max_hold,
         raise,
         connect_timeout,
+        replication,
         stats: Stats::default(),
         closed: AtomicBool::new(false),
         warned_sync_in_loop: AtomicBool::new(false),
@@ -1357,7 +1477,8 @@ impl PyRedisLock {
 impl PyRedisLock {
     #[new]
     #[pyo3(signature = (url=None, *, prefix="sessionlock:", ttl=30.0, wait=10.0,
-        auto_renew=true, max_hold=None, fallback="local", connect_timeout=1.0))]
+        auto_renew=true, max_hold=None, fallback="local", connect_timeout=1.0,
+        min_replicas=0, replica_timeout=0.5))]
     #[allow(clippy::too_many_arguments)] // reason: the documented keyword-only signature
     fn new(
         url: Option<&str>,
@@ -1368,6 +1489,8 @@ impl PyRedisLock {
         max_hold: Option<f64>,
         fallback: &str,
         connect_timeout: f64,
+        min_replicas: i64,
+        replica_timeout: f64,
     ) -> Result<Self> {
         Ok(Self {
             core: Arc::new(build_core(
@@ -1379,6 +1502,8 @@ impl PyRedisLock {
                 max_hold,
                 fallback,
                 connect_timeout,
+                min_replicas,
+                replica_timeout,
             )?),
         })
     }
@@ -1515,7 +1640,7 @@ impl PyRecommendationLock {
     #[new]
     #[pyo3(signature = (url=None, *, prefix="job_recommendation_lock:user:",
         ttl=300.0, wait=10.0, auto_renew=true, max_hold=None, fallback="local",
-        connect_timeout=1.0))]
+        connect_timeout=1.0, min_replicas=0, replica_timeout=0.5))]
     #[allow(clippy::too_many_arguments)] // reason: the documented keyword-only signature
     fn new(
         url: Option<&str>,
@@ -1526,6 +1651,8 @@ impl PyRecommendationLock {
         max_hold: Option<f64>,
         fallback: &str,
         connect_timeout: f64,
+        min_replicas: i64,
+        replica_timeout: f64,
     ) -> Result<PyClassInitializer<Self>> {
         let base = PyRedisLock::new(
             url,
@@ -1536,6 +1663,8 @@ impl PyRecommendationLock {
             max_hold,
             fallback,
             connect_timeout,
+            min_replicas,
+            replica_timeout,
         )?;
         Ok(PyClassInitializer::from(base).add_subclass(Self))
     }

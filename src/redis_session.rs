@@ -935,7 +935,8 @@ impl PyRedisSessionManager {
     }
 
     #[pyo3(signature = (url=None, *, prefix="sessionlock:session:".to_owned(), idle_ttl=None,
-        absolute_ttl=None, codec=None, secret=None, lock_ttl=30.0, lock_wait=10.0))]
+        absolute_ttl=None, codec=None, secret=None, lock_ttl=30.0, lock_wait=10.0,
+        min_replicas=0, replica_timeout=0.5))]
     #[allow(clippy::too_many_arguments)] // reason: the documented keyword-only signature
     fn __init__(
         &self,
@@ -948,6 +949,8 @@ impl PyRedisSessionManager {
         secret: Option<&Bound<'_, PyAny>>,
         lock_ttl: f64,
         lock_wait: f64,
+        min_replicas: i64,
+        replica_timeout: f64,
     ) -> Result<()> {
         if prefix.is_empty() {
             return Err(Error::Value("prefix must not be empty".into()));
@@ -1003,6 +1006,9 @@ impl PyRedisSessionManager {
         kw.set_item("ttl", lock_ttl_d.as_secs_f64())?;
         kw.set_item("wait", lock_wait_d.as_secs_f64())?;
         kw.set_item("fallback", "raise")?;
+        // the session lock's acquires and renewals wait for the replicas (checked there)
+        kw.set_item("min_replicas", min_replicas)?;
+        kw.set_item("replica_timeout", replica_timeout)?;
         let lock = py
             .get_type::<PyRedisLock>()
             .call((url,), Some(&kw))?

@@ -84,3 +84,13 @@ def session_updates(url: str, prefix: str, users: int, rounds: int, start: Any) 
                 with mgr.lock(f"user{u}") as ctx:
                     assert ctx is not None
                     ctx["n"] += 1
+
+
+def try_once(url: str, prefix: str, key: str, q: Any) -> None:
+    """One try_acquire from another process; reports (held?, its fencing token)."""
+    lk = sessionlock.RedisLock(url, prefix=prefix, fallback="raise")
+    h = lk.try_acquire(key)
+    q.put((bool(h), h.fencing_token))
+    if h:
+        h.release()
+    lk.close()

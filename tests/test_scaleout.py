@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 import _scaleout_workers as workers
+import sessionlock
 from scaleout_servers import RedisCluster, SentinelSet
 from sessionlock import RedisLock, RedisSessionManager
 
@@ -190,3 +191,90 @@ def test_lock_and_sessions_through_sentinel(redis_sentinel: SentinelSet) -> None
     assert mgr.update(sid, lambda c: {"n": c["n"] + 1}) == {"n": 2}
     mgr.clear()
     lk.close()
+
+
+# --- min_replicas -------------------------------------------------------------------------
+
+
+def test_min_replicas_unmet_raises_and_leaves_nothing_held(redis_url: str) -> None:
+    """One server and no replica: WAIT can never be met. The acquire is undone and
+    RedisUnavailable raised, even with the local fallback (Redis did answer)."""
+    lk = RedisLock(redis_url, prefix="norep:", min_replicas=1, replica_timeout=0.1)
+    key = new_key()
+    with pytest.raises(sessionlock.RedisUnavailable, match="replicas"):
+        lk.acquire(key)
+    with pytest.raises(sessionlock.RedisUnavailable), lk.acquire(key):
+        pytest.fail("the body must not run")
+    plain = RedisLock(redis_url, prefix="norep:", fallback="raise")
+    assert not plain.is_locked(key)  # undone: nobody holds it
+    h = plain.try_acquire(key)
+    assert h and h.backend == "redis"
+    h.release()
+    mgr: RedisSessionManager[dict[str, int]] = RedisSessionManager(
+        redis_url, prefix=f"t{uuid.uuid4().hex[:8]}:", min_replicas=1, replica_timeout=0.1
+    )
+    sid = mgr.create_session({"n": 0})
+    with pytest.raises(sessionlock.RedisUnavailable):
+        mgr.update(sid, lambda c: {"n": c["n"] + 1})
+    assert mgr.get_session(sid) == {"n": 0}
+    mgr.clear()
+
+
+@pytest.mark.parametrize("bad", [-1, "1", 1.5])
+def test_min_replicas_bad_input(redis_url: str, bad: Any) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        RedisLock(redis_url, min_replicas=bad)
+    with pytest.raises(ValueError):
+        RedisLock(redis_url, min_replicas=1, replica_timeout=-1)
+
+
+def test_min_replicas_met_through_sentinel(redis_sentinel: SentinelSet) -> None:
+    lk = RedisLock(redis_sentinel.url, prefix="rep:", min_replicas=1, fallback="raise")
+    with lk.acquire("job") as h:
+        assert h.backend == "redis" and h.fencing_token is not None
+        assert h.extend()
+    lk.close()
+
+
+@pytest.mark.timeout(120)
+def test_failover_keeps_the_holder_and_admits_nobody_else() -> None:
+    """Master + replica + 3 Sentinels; a lock with min_replicas=1 is held when the master is
+    SIGKILLed. After the promotion nobody else gets it, the holder's renewals continue on
+    the new master (ensure_held passes, release works) and the next fence is larger."""
+    s = SentinelSet()
+    try:
+        s.start()
+        lk = RedisLock(s.url, prefix="fo:", ttl=30, min_replicas=1, fallback="raise")
+        key = new_key()
+        h = lk.acquire(key)
+        assert h and h.backend == "redis"
+        first_fence = h.fencing_token
+        old_master = s.master
+        old_master.kill()
+        deadline = time.monotonic() + 60
+        while s.master_port() != s.replica.port:
+            assert time.monotonic() < deadline, "no failover"
+            time.sleep(0.05)  # sleep-ok: waiting for the Sentinels' promotion (bounded)
+        # the old master comes back and the Sentinels make it a replica of the new one
+        old_master.start()
+        while old_master.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the old master never became a replica"
+            time.sleep(0.05)  # sleep-ok: waiting for the Sentinels to reconfigure it (bounded)
+        q = SPAWN.Queue()
+        p = SPAWN.Process(target=workers.try_once, args=(s.url, "fo:", key, q))
+        p.start()
+        other, _ = q.get(timeout=30)
+        p.join(10)
+        assert other is False  # the promoted replica had the lease: nobody else gets it
+        h.ensure_held()
+        assert h.is_held()  # asks the new master
+        assert h.extend()  # a renewal on the new master, acknowledged by a replica
+        assert h.release()
+        p = SPAWN.Process(target=workers.try_once, args=(s.url, "fo:", key, q))
+        p.start()
+        got, fence = q.get(timeout=30)
+        p.join(10)
+        assert got is True and fence > first_fence
+        lk.close()
+    finally:
+        s.close()

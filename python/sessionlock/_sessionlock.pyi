@@ -250,6 +250,14 @@ class RedisLock:
     bad arguments. A key is taken first in this process's table of held keys (shared by
     every ``RedisLock`` of the same URL and prefix, FIFO), then on Redis: one process never
     has two holders of a key, whatever the backend.
+
+    ``url`` may also be ``redis+cluster://h1:p1,h2:p2/`` (a Redis Cluster, any seed nodes) or
+    ``redis+sentinel://h1:p1,h2:p2/service[/db]`` (the master the Sentinels name, looked up
+    again after a failover); keys are hash-tagged (``prefix{key}``) so one lock is one slot.
+    ``min_replicas`` >= 1: an acquire or renewal counts only once that many replicas
+    acknowledged it (``WAIT`` on the key's master, at most ``replica_timeout`` s); if they do
+    not, the acquire is undone and ``RedisUnavailable`` raised (never the local fallback), and
+    a renewal does not count (the lease runs out unless a later one succeeds).
     """
 
     def __new__(
@@ -263,6 +271,8 @@ class RedisLock:
         max_hold: float | None = None,
         fallback: Literal["local", "raise"] = "local",
         connect_timeout: float = 1.0,
+        min_replicas: int = 0,
+        replica_timeout: float = 0.5,
     ) -> Self: ...
     @property
     def prefix(self) -> str:
@@ -310,6 +320,8 @@ class RecommendationLock(RedisLock):
         max_hold: float | None = None,
         fallback: Literal["local", "raise"] = "local",
         connect_timeout: float = 1.0,
+        min_replicas: int = 0,
+        replica_timeout: float = 0.5,
     ) -> Self: ...
     def acquire(  # type: ignore[override]
         self, user_id: int | str, timeout: float = 300.0, *, wait: float | None = None
@@ -418,9 +430,12 @@ class RedisSessionManager(Generic[_C]):
         secret: bytes | str | None = None,
         lock_ttl: float = 30.0,
         lock_wait: float = 10.0,
+        min_replicas: int = 0,
+        replica_timeout: float = 0.5,
     ) -> None:
         """``codec`` None means ``"json"``. ``lock_ttl``: lease of the session lock (renewed
-        while held); ``lock_wait``: how long ``lock()``/``update()``/``get_or_create`` wait.
+        while held); ``lock_wait``: how long ``lock()``/``update()``/``get_or_create`` wait;
+        ``min_replicas`` / ``replica_timeout``: as for ``RedisLock``, for the session lock.
         Raises ValueError for bad TTLs, an empty prefix, ``"pickle"`` without a secret or a
         secret shorter than 16 bytes; TypeError for a codec without dumps/loads. No I/O."""
     def __class_getitem__(cls, item: Any, /) -> types.GenericAlias: ...
