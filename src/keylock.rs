@@ -97,7 +97,8 @@ pub struct NotOwned;
 pub struct KeyLocks<W> {
     table: DashMap<Box<str>, State<W>, RandomState>,
     next_waiter: AtomicU64,
-    /// How long holds lasted (first acquire to last release), recorded under the guard.
+    /// How long holds lasted (first acquire to last release). Recorded by `release`, whose
+    /// callers (the binding) all hold the GIL: see `record_since_serialized`.
     pub hold: crate::metrics::Histogram,
 }
 
@@ -162,7 +163,7 @@ impl<W> KeyLocks<W> {
                     count: 1,
                     computing: false,
                     queue: VecDeque::new(),
-                    since: crate::metrics::stamp(),
+                    since: crate::metrics::stamp_for(owner.id),
                 });
                 Outcome::Acquired { reentered: false }
             }
@@ -185,7 +186,7 @@ impl<W> KeyLocks<W> {
             // Freed but not yet removed by its releaser (see `release`).
             state.owner = owner;
             state.count = 1;
-            state.since = crate::metrics::stamp();
+            state.since = crate::metrics::stamp_for(owner.id);
             return Outcome::Acquired { reentered: false };
         }
         if state.owner == owner {
@@ -225,11 +226,11 @@ impl<W> KeyLocks<W> {
                 return false;
             }
             state.computing = false;
-            self.hold.record_since(state.since);
+            self.hold.record_since_serialized(state.since);
             if let Some(next) = state.queue.pop_front() {
                 state.owner = next.owner;
                 state.count = 1;
-                state.since = crate::metrics::stamp();
+                state.since = crate::metrics::stamp_for(next.owner.id);
                 result = Ok(Some(next));
                 false
             } else {

@@ -652,7 +652,10 @@ impl PyManager {
         // Miss: the session lock makes the factory run once; others queue behind it (FIFO,
         // GIL released) and find the value when their turn comes.
         let (owner, _) = current_owner(py)?;
-        inner.acquire_sync(py, key, owner, None)?;
+        {
+            let _untimed = crate::metrics::untimed(owner.id); // see there
+            inner.acquire_sync(py, key, owner, None)?;
+        }
         if inner.locks.is_computing(key) {
             inner.release(py, key, owner)?;
             return Err(Error::Deadlock(format!(
@@ -701,7 +704,10 @@ impl PyManager {
         check_callable("fn", r#fn)?;
         let inner = &self.inner;
         let (owner, _) = current_owner(py)?;
-        inner.acquire_sync(py, key, owner, None)?;
+        {
+            let _untimed = crate::metrics::untimed(owner.id); // see there
+            inner.acquire_sync(py, key, owner, None)?;
+        }
         let result = (|| {
             let current = inner
                 .get(py, key, false)
