@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import re
 import subprocess
 import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -384,3 +387,55 @@ def test_redis_session_manager_counts_redis_errors(registry: CollectorRegistry) 
         assert value(scrape(registry), "sessionlock_redis_errors_total", name=name) >= 1
     finally:
         srv.close()
+
+
+# ---- the example backend and its load test ---------------------------------------------
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
+
+
+def test_example_backend_serves_metrics_and_loadtest_reads_them_back(tmp_path: Path) -> None:
+    pytest.importorskip("fastapi")
+    import httpx
+
+    sys.path.insert(0, EXAMPLES)
+    from backend.app import create_app
+    from backend.settings import Settings
+    from loadtest import _lock_waits
+
+    cfg = Settings(
+        database_url=f"sqlite:///{tmp_path / 'db.sqlite'}",
+        users=3,
+        redis_url="redis://127.0.0.1:9/0",  # nothing listens: the lock's local fallback
+    )
+    app = create_app(cfg)
+
+    async def scenario() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        client = httpx.AsyncClient(transport=transport, base_url="http://t")
+        async with app.router.lifespan_context(app), client as c:
+            started = await c.post("/api/daily/sessions", json={"user_id": "u1"})
+            assert started.status_code < 300, started.text
+            return await c.get("/metrics")
+
+    resp = asyncio.run(scenario())
+    assert resp.status_code == 200
+    assert resp.headers["content-type"].startswith("text/plain")
+    fams = {f.name: f for f in text_string_to_metric_families(resp.text)}
+    sessions = {s.labels["name"]: s.value for s in fams["sessionlock_sessions"].samples}
+    assert sessions.get("DailySessionManager", 0) >= 1
+    waits = _lock_waits(resp.text)
+    assert all(p50 <= p99 for p50, p99, _ in waits.values())
+
+
+# ---- docs/metrics.md ---------------------------------------------------------------------
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
+FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+
+
+def test_docs_code_blocks_run() -> None:
+    blocks = FENCE.findall(DOC.read_text(encoding="utf-8"))
+    assert len(blocks) >= 2
+    for code in blocks:
+        exec(compile(code, str(DOC), "exec"), {"__name__": "docs_metrics"})
