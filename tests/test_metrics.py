@@ -439,3 +439,46 @@ def test_docs_code_blocks_run() -> None:
     assert len(blocks) >= 2
     for code in blocks:
         exec(compile(code, str(DOC), "exec"), {"__name__": "docs_metrics"})
+
+
+# ---- the OpenTelemetry bridge ------------------------------------------------------------
+
+
+def test_opentelemetry_bridge_observes_the_same_counters() -> None:
+    pytest.importorskip("opentelemetry.sdk")
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from sessionlock import otel
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    otel.instrument(provider)
+    name = uniq("otel")
+    mgr: BaseSessionManager[int] = BaseSessionManager(name=name)
+    sid = mgr.create_session(1)
+    mgr.get_session(sid)
+    for _ in range(3):
+        with mgr.lock(sid):
+            pass
+
+    seen: dict[tuple[str, Labels], float] = {}
+    data = reader.get_metrics_data()
+    assert data is not None
+    for rm in data.resource_metrics:
+        for sm in rm.scope_metrics:
+            for m in sm.metrics:
+                for p in m.data.data_points:
+                    attrs = frozenset((k, str(v)) for k, v in p.attributes.items())
+                    seen[(m.name, attrs)] = p.value  # type: ignore[union-attr]
+    provider.shutdown()
+
+    def get(metric: str, **attrs: str) -> float:
+        return seen[(metric, frozenset(attrs.items()))]
+
+    lbl = {"kind": "session", "name": name}
+    assert get("sessionlock.lock.wait.count", outcome="acquired", **lbl) == 3
+    assert get("sessionlock.lock.hold.count", **lbl) == 3
+    assert get("sessionlock.lock.hold.time", **lbl) > 0
+    assert get("sessionlock.sessions", name=name) == 1
+    assert get("sessionlock.session.events", name=name, event="hit") == 1
