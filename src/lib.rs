@@ -1,7 +1,8 @@
 //! sessionlock's native core. This file only wires the module; each concept lives in its
 //! own file: `store` (session map), `keylock` (per-key FIFO locks), `manager`
 //! (BaseSessionManager), `session_lock` (SessionLock and its awaitable), `errors`,
-//! `config` (argument rules), `metrics` (histograms and the registry a scrape reads), `pyglue` (asking Python who runs), `random` (fork-safe ids and tokens), and the distributed lock:
+//! `config` (argument rules), `metrics` (histograms and the registry a scrape reads),
+//! `pyglue` (asking Python who runs), `random` (fork-safe ids and tokens), and the distributed lock:
 //! `redis_lock` (RedisLock and its handles), `redis_scripts` (the Lua protocol),
 //! `redis_conn` (connections, runtime, pub/sub, fork) and `local_lock` (the fallback); and
 //! the Redis-backed sessions: `redis_session` (RedisSessionManager and its lock),

@@ -198,7 +198,8 @@ def test_timeout_counted_with_outcome_timeout(registry: CollectorRegistry) -> No
     s = scrape(registry)
     lbl = {"kind": "session", "name": name}
     assert value(s, "sessionlock_lock_wait_seconds_count", outcome="timeout", **lbl) == 3
-    assert value(s, "sessionlock_lock_wait_seconds_sum", outcome="timeout", **lbl) >= 0.15
+    # >= 3 x 0.05 s, less a little: the async timer is armed just before its clock starts
+    assert value(s, "sessionlock_lock_wait_seconds_sum", outcome="timeout", **lbl) >= 0.14
     assert (
         value(s, "sessionlock_lock_wait_seconds_bucket", le="0.025", outcome="timeout", **lbl) == 0
     )
@@ -287,7 +288,7 @@ def test_redis_lock_timeout_hold_and_lost(registry: CollectorRegistry, redis_url
     lbl = {"kind": "redis", "name": name}
     assert value(s, "sessionlock_lock_wait_seconds_count", outcome="acquired", **lbl) == 2
     assert value(s, "sessionlock_lock_wait_seconds_count", outcome="timeout", **lbl) == 1
-    assert value(s, "sessionlock_lock_wait_seconds_sum", outcome="timeout", **lbl) >= 0.05
+    assert value(s, "sessionlock_lock_wait_seconds_sum", outcome="timeout", **lbl) >= 0.045
     assert value(s, "sessionlock_lock_hold_seconds_count", **lbl) == 2
     assert value(s, "sessionlock_lock_lost_total", name=name) == 1
     assert value(s, "sessionlock_lock_fallback_active", name=name) == 0
