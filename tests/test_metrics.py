@@ -92,6 +92,12 @@ def test_manager_counts_sums_and_labels(registry: CollectorRegistry) -> None:
             pass
     mgr.update(a, lambda c: {"n": c["n"] + 1})
 
+    async def in_a_task() -> None:
+        async with mgr.lock(a):
+            pass
+
+    asyncio.run(in_a_task())
+
     s = scrape(registry)
     events = "sessionlock_session_events_total"
     assert value(s, events, name=name, event="hit") == 3
@@ -101,14 +107,14 @@ def test_manager_counts_sums_and_labels(registry: CollectorRegistry) -> None:
     assert value(s, "sessionlock_sessions", name=name) == 2
     wait = {"kind": "session", "name": name}
     # every acquire counts, update()'s too; none waited, so all are in the first bucket
-    assert value(s, "sessionlock_lock_wait_seconds_count", outcome="acquired", **wait) == 5
+    assert value(s, "sessionlock_lock_wait_seconds_count", outcome="acquired", **wait) == 6
     assert (
         value(s, "sessionlock_lock_wait_seconds_bucket", le="5e-05", outcome="acquired", **wait)
-        == 5
+        == 6
     )
     assert value(s, "sessionlock_lock_wait_seconds_count", outcome="timeout", **wait) == 0
-    # the four `with` blocks are timed holds; update()'s own hold is not (metrics.rs)
-    assert value(s, "sessionlock_lock_hold_seconds_count", **wait) == 4
+    # the `with` / `async with` blocks are timed holds; update()'s own hold is not (metrics.rs)
+    assert value(s, "sessionlock_lock_hold_seconds_count", **wait) == 5
     check_histogram(s, "sessionlock_lock_hold_seconds", **wait)
     check_histogram(s, "sessionlock_lock_wait_seconds", outcome="acquired", **wait)
     # labels never carry a session id; only the documented label names appear
@@ -276,6 +282,12 @@ def test_redis_lock_timeout_hold_and_lost(registry: CollectorRegistry, redis_url
     with lk.acquire(key) as h:
         assert h.backend == "redis"
         assert not lk.acquire(key, wait=0.05)  # times out behind our own hold
+
+    async def in_a_task() -> None:
+        async with lk.acquire(key) as h:
+            assert h.backend == "redis"
+
+    asyncio.run(in_a_task())
     lost = lk.acquire(key)
     assert lk.force_release(key)  # someone else's admin action: the renewal finds it gone
     deadline = time.monotonic() + 10
@@ -286,10 +298,10 @@ def test_redis_lock_timeout_hold_and_lost(registry: CollectorRegistry, redis_url
 
     s = scrape(registry)
     lbl = {"kind": "redis", "name": name}
-    assert value(s, "sessionlock_lock_wait_seconds_count", outcome="acquired", **lbl) == 2
+    assert value(s, "sessionlock_lock_wait_seconds_count", outcome="acquired", **lbl) == 3
     assert value(s, "sessionlock_lock_wait_seconds_count", outcome="timeout", **lbl) == 1
     assert value(s, "sessionlock_lock_wait_seconds_sum", outcome="timeout", **lbl) >= 0.045
-    assert value(s, "sessionlock_lock_hold_seconds_count", **lbl) == 2
+    assert value(s, "sessionlock_lock_hold_seconds_count", **lbl) == 3
     assert value(s, "sessionlock_lock_lost_total", name=name) == 1
     assert value(s, "sessionlock_lock_fallback_active", name=name) == 0
     assert value(s, "sessionlock_redis_errors_total", name=name) == 0
