@@ -144,9 +144,14 @@ fn tsc_trusted() -> bool {
 /// Set once the tick rate is known (stays set).
 static CALIBRATED: AtomicBool = AtomicBool::new(false);
 
-/// Turns hold timing on or off. The first time on, calibrates the TSC against `Instant`
-/// over the time since import, sleeping (GIL released, no lock held) only if that was under
-/// 20 ms. Two threads calibrating at once store near-equal rates: harmless.
+/// How many users (Prometheus registries, the OpenTelemetry bridge) want hold timing.
+/// Invariant: `ENABLED == (*USERS > 0)` whenever this mutex is free; held only for that.
+static USERS: Mutex<u64> = Mutex::new(0);
+
+/// Adds (`on`) or removes a user of hold timing; timing runs while there is one. The first
+/// time on, calibrates the TSC against `Instant` over the time since import, sleeping (GIL
+/// released, no lock held) only if that was under 20 ms. Two threads calibrating at once
+/// store near-equal rates: harmless.
 pub fn enable(py: Python<'_>, on: bool) {
     if on && !CALIBRATED.load(Ordering::Acquire) {
         #[cfg(target_arch = "x86_64")]
@@ -165,7 +170,13 @@ pub fn enable(py: Python<'_>, on: bool) {
         CALIBRATED.store(true, Ordering::Release);
     }
     let _ = py;
-    ENABLED.store(on, Ordering::Release);
+    let mut users = USERS.lock();
+    *users = if on {
+        *users + 1
+    } else {
+        users.saturating_sub(1)
+    };
+    ENABLED.store(*users > 0, Ordering::Release);
 }
 
 // ---- histogram ------------------------------------------------------------------------

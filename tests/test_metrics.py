@@ -255,12 +255,15 @@ def test_same_name_is_one_series(registry: CollectorRegistry) -> None:
 
 
 def test_register_is_idempotent_and_import_needs_no_prometheus() -> None:
-    reg = CollectorRegistry()
+    reg, other = CollectorRegistry(), CollectorRegistry()
     try:
         assert metrics.register(reg) is metrics.register(reg)
-        assert sessionlock._sessionlock._metrics_enabled()
-    finally:
+        metrics.register(other)
         metrics.unregister(reg)
+        metrics.unregister(reg)  # a second time changes nothing
+        assert sessionlock._sessionlock._metrics_enabled()  # `other` still uses it
+    finally:
+        metrics.unregister(other)
     code = "import sys, sessionlock; assert 'prometheus_client' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -33,8 +33,9 @@ class _MetricsSnapshot(TypedDict):
     fallback_active: bool | None
 
 def _enable_metrics(on: bool = True) -> None:
-    """Turns hold timing on or off for the whole process (``register()`` turns it on). The
-    first time on, calibrates the CPU time-stamp counter (may sleep up to 20 ms, GIL
+    """Adds (``on``) or removes one user of hold timing; holds are timed, process-wide,
+    while there is at least one (each registry of ``register()``, ``otel.instrument()``).
+    The first time on, calibrates the CPU time-stamp counter (may sleep up to 20 ms, GIL
     released)."""
 
 def _metrics_enabled() -> bool: ...

@@ -179,24 +179,26 @@ def register(registry: Optional[CollectorRegistry] = None) -> SessionlockCollect
     reg = REGISTRY if registry is None else registry
     with _lock:
         collector = _registered.get(reg)
-        if collector is None:
-            collector = SessionlockCollector()
-            reg.register(collector)
-            _registered[reg] = collector
-    _native._enable_metrics(True)
+        if collector is not None:
+            return collector
+        collector = SessionlockCollector()
+        reg.register(collector)
+        _registered[reg] = collector
+    _native._enable_metrics(True)  # one user per registry (outside _lock: may sleep)
     return collector
 
 
 def unregister(registry: Optional[CollectorRegistry] = None) -> None:
-    """Removes the collector from ``registry``; hold timing stops once no registry has one.
-    Counters and histograms keep their values (a later ``register()`` continues them)."""
+    """Removes the collector from ``registry``; hold timing stops once no registry (and no
+    ``otel.instrument()``) uses it. Counters and histograms keep their values (a later
+    ``register()`` continues them)."""
     reg = REGISTRY if registry is None else registry
     with _lock:
         collector = _registered.pop(reg, None)
-        if collector is not None:
-            reg.unregister(collector)
-        if not _registered:
-            _native._enable_metrics(False)
+        if collector is None:
+            return
+        reg.unregister(collector)
+    _native._enable_metrics(False)
 
 
 def quantile(q: float, buckets: Sequence[tuple[float, float]]) -> float:
