@@ -2,14 +2,15 @@
 //! the clock that times lock holds, the per-object counters that `stats()` does not already
 //! keep, and the registry of live managers and locks that a scrape reads.
 //!
-//! Cost model (the hot paths of the other files only ever call `stamp`, `record_since`,
-//! `record_ns` and relaxed `fetch_add`s): recording is a few relaxed atomic adds, no
-//! allocation, no Python call, no lock and no GIL release. Waits are timed only where the
-//! caller already reads the clock (a wait that really waited, or a Redis round trip); an
-//! uncontended in-process acquire is derived at scrape time from `stats()`'s own counters
-//! (see `wait_with_uncontended`). Hold times need two clock reads per hold, so they use the
-//! CPU's time-stamp counter where the kernel itself trusts it (clocksource `tsc`, a few ns a
-//! read) and are off until `enable()` (`sessionlock.metrics.register()`) turns them on.
+//! Cost model (the hot paths of the other files only call `stamp`/`stamp_for`, the
+//! `record_*` methods, `Metrics::waited` and relaxed atomic adds): no allocation, no Python
+//! call, no lock and no GIL release. Waits are timed only where the caller already reads
+//! the clock (a wait that really waited, or a Redis round trip); an uncontended in-process
+//! acquire is derived at scrape time from `stats()`'s own counters (see
+//! `wait_with_uncontended`). Hold times need two clock reads per hold, so they read the
+//! CPU's time-stamp counter where the kernel itself trusts it (clocksource `tsc`: about half
+//! the cost of `Instant::now()`), are taken only while `enable()` has a user
+//! (`sessionlock.metrics.register()`), and not for `update()`/`get_or_create()` (`untimed`).
 //!
 //! The registry holds `Weak` references: a manager or lock that Python collected is pruned
 //! at the next scrape and never kept alive by being measured.
