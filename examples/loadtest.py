@@ -13,6 +13,9 @@ with two real-time triggers for every user. Then it checks every session against
 the server acknowledged (lost updates), and every user's recommendation set (exactly 20 rows
 of one run) at the end and right after every save ("corrupt saves": a later run can repair
 a set, so the end state alone understates the race), and reports requests/s, p50 and p99.
+After the table it prints the lock-wait p50/p99 per lock that it read back from the app's
+``/metrics`` (``sessionlock_lock_wait_seconds``, estimated from the buckets as PromQL's
+``histogram_quantile`` does).
 Everything is bounded: requests per user, a deadline, and the wait for background work.
 
 Also the test suite's way to serve the app: :func:`serve_app`, :func:`redis_server`.
@@ -180,6 +183,8 @@ class Result:
     rec_inconsistent: int
     rec_corrupt_saves: int
     lock_objects: int
+    #: (kind, name) -> (p50 s, p99 s, acquisitions), read back from ``/metrics``.
+    lock_waits: dict[tuple[str, str], tuple[float, float, float]] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
@@ -367,6 +372,7 @@ def run_design(
             recs = client.get("/api/job-agent/recommendations").json()
             stats = client.get("/api/stats").json()
             job_status = client.get("/api/job-agent/status").json()
+            lock_waits = _lock_waits(client.get("/metrics").text)
     latencies.sort()
     q = statistics.quantiles(latencies, n=100) if len(latencies) >= 2 else [0.0] * 99
     return Result(
@@ -381,7 +387,41 @@ def run_design(
         rec_inconsistent=recs["duplicate"] + recs["partial"],
         rec_corrupt_saves=job_status["inconsistent_after_save"],
         lock_objects=sum(m["lock_objects"] for m in stats["sessions"].values()),
+        lock_waits=lock_waits,
     )
+
+
+def _lock_waits(exposition: str) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """p50, p99 and count of ``sessionlock_lock_wait_seconds{outcome="acquired"}`` per lock."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sessionlock.metrics import quantile
+
+    buckets: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for fam in text_string_to_metric_families(exposition):
+        if fam.name != "sessionlock_lock_wait_seconds":
+            continue
+        for s in fam.samples:
+            if s.name.endswith("_bucket") and s.labels["outcome"] == "acquired":
+                key = (s.labels["kind"], s.labels["name"])
+                buckets.setdefault(key, []).append((float(s.labels["le"]), s.value))
+    out = {}
+    for key, b in buckets.items():
+        b.sort()
+        if b[-1][1] > 0:
+            out[key] = (quantile(0.5, b), quantile(0.99, b), b[-1][1])
+    return out
+
+
+def _lock_wait_lines(results: Sequence[Result]) -> list[str]:
+    lines = []
+    for r in results:
+        for (kind, name), (p50, p99, n) in sorted(r.lock_waits.items()):
+            lines.append(
+                f"  {r.design}: {kind} {name}: p50 {p50 * 1000:.3f} ms, "
+                f"p99 {p99 * 1000:.3f} ms ({n:.0f} acquisitions)"
+            )
+    return lines
 
 
 def _table(results: Sequence[Result]) -> str:
@@ -460,6 +500,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"  {design}: done in {r.seconds:.1f} s", flush=True)
     print()
     print(_table(results))
+    waits = _lock_wait_lines(results)
+    if waits:
+        print("\nlock waits read back from /metrics (sessionlock_lock_wait_seconds):")
+        print("\n".join(waits))
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\n{os.cpu_count()} CPUs, load average {load}; client and server share them")
     ok = next((r for r in results if r.design == "sessionlock"), None)

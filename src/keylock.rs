@@ -65,6 +65,8 @@ struct State<W> {
     /// Set by `get_or_create` while its factory runs under this lock.
     computing: bool,
     queue: VecDeque<Waiter<W>>,
+    /// When the current hold began (`metrics::stamp`, 0 while metrics are off).
+    since: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -95,6 +97,9 @@ pub struct NotOwned;
 pub struct KeyLocks<W> {
     table: DashMap<Box<str>, State<W>, RandomState>,
     next_waiter: AtomicU64,
+    /// How long holds lasted (first acquire to last release). Recorded by `release`, whose
+    /// callers (the binding) all hold the GIL: see `record_since_serialized`.
+    pub hold: crate::metrics::Histogram,
 }
 
 impl<W> Default for KeyLocks<W> {
@@ -109,6 +114,7 @@ impl<W> KeyLocks<W> {
         Self {
             table: DashMap::with_hasher(RandomState::default()),
             next_waiter: AtomicU64::new(1),
+            hold: crate::metrics::Histogram::default(),
         }
     }
 
@@ -157,6 +163,7 @@ impl<W> KeyLocks<W> {
                     count: 1,
                     computing: false,
                     queue: VecDeque::new(),
+                    since: crate::metrics::stamp_for(owner.id),
                 });
                 Outcome::Acquired { reentered: false }
             }
@@ -179,6 +186,7 @@ impl<W> KeyLocks<W> {
             // Freed but not yet removed by its releaser (see `release`).
             state.owner = owner;
             state.count = 1;
+            state.since = crate::metrics::stamp_for(owner.id);
             return Outcome::Acquired { reentered: false };
         }
         if state.owner == owner {
@@ -218,9 +226,11 @@ impl<W> KeyLocks<W> {
                 return false;
             }
             state.computing = false;
+            self.hold.record_since_serialized(state.since);
             if let Some(next) = state.queue.pop_front() {
                 state.owner = next.owner;
                 state.count = 1;
+                state.since = crate::metrics::stamp_for(next.owner.id);
                 result = Ok(Some(next));
                 false
             } else {

@@ -1,7 +1,8 @@
 //! sessionlock's native core. This file only wires the module; each concept lives in its
 //! own file: `store` (session map), `keylock` (per-key FIFO locks), `manager`
 //! (BaseSessionManager), `session_lock` (SessionLock and its awaitable), `errors`,
-//! `config` (argument rules), `pyglue` (asking Python who runs), `random` (fork-safe ids and tokens), and the distributed lock:
+//! `config` (argument rules), `metrics` (histograms and the registry a scrape reads),
+//! `pyglue` (asking Python who runs), `random` (fork-safe ids and tokens), and the distributed lock:
 //! `redis_lock` (RedisLock and its handles), `redis_scripts` (the Lua protocol),
 //! `redis_conn` (connections, runtime, pub/sub, fork) and `held_keys` (the in-process table
 //! of held keys, also the fallback); and
@@ -12,6 +13,7 @@ pub mod errors;
 pub mod held_keys;
 pub mod keylock;
 pub mod manager;
+pub mod metrics;
 mod pyglue;
 pub mod redis_conn;
 pub mod redis_lock;
@@ -32,6 +34,7 @@ fn _sessionlock(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
     pyglue::register(m)?;
+    metrics::register(m)?;
     random::register_fork_handler();
     let shutdown = wrap_pyfunction!(redis_conn::_shutdown_runtime, m)?;
     m.py()

@@ -91,6 +91,7 @@ pub struct Inner {
     max_sessions: AtomicUsize,
     on_evict: Mutex<Option<Py<PyAny>>>,
     pub stats: Stats,
+    pub metrics: crate::metrics::Metrics,
     next_sweep: AtomicU64,
     sweep_cursor: AtomicUsize,
 }
@@ -107,6 +108,7 @@ impl Inner {
             max_sessions: AtomicUsize::new(0),
             on_evict: Mutex::new(None),
             stats: Stats::default(),
+            metrics: crate::metrics::Metrics::default(),
             next_sweep: AtomicU64::new(0),
             sweep_cursor: AtomicUsize::new(0),
         }
@@ -365,9 +367,11 @@ impl Inner {
                 });
             }
         };
-        self.stats
-            .lock_wait_ns
-            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let waited = start.elapsed().as_nanos() as u64;
+        self.stats.lock_wait_ns.fetch_add(waited, Ordering::Relaxed);
+        if let Ok(got) = granted {
+            self.metrics.waited(waited, got); // next to its stats bump: see metrics.rs
+        }
         match granted {
             Ok(true) => {
                 bump(&self.stats.lock_acquires);
@@ -526,20 +530,28 @@ impl PyManager {
     /// Accepts any arguments so that subclasses may define `__init__(self, db, **kw)`; the
     /// configuration is read by `__init__`.
     #[new]
+    #[classmethod]
     #[pyo3(signature = (*_args, **_kwargs))]
-    fn new(_args: &Bound<'_, PyAny>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
-        Self {
-            inner: Arc::new(Inner::new()),
-        }
+    fn new(
+        cls: &Bound<'_, PyType>,
+        _args: &Bound<'_, PyAny>,
+        _kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Self> {
+        let inner = Arc::new(Inner::new());
+        let weak = Arc::downgrade(&inner);
+        crate::metrics::track(weak, cls.name()?.to_str()?);
+        Ok(Self { inner })
     }
 
-    #[pyo3(signature = (*, idle_ttl=None, absolute_ttl=None, max_sessions=None, on_evict=None))]
+    #[pyo3(signature = (*, idle_ttl=None, absolute_ttl=None, max_sessions=None, on_evict=None,
+        name=None))]
     fn __init__(
         &self,
         idle_ttl: Option<f64>,
         absolute_ttl: Option<f64>,
         max_sessions: Option<i64>,
         on_evict: Option<Bound<'_, PyAny>>,
+        name: Option<&str>,
     ) -> Result<()> {
         // Validate everything before changing anything.
         let idle = config::ttl_ns("idle_ttl", idle_ttl)?;
@@ -555,6 +567,7 @@ impl PyManager {
         i.max_sessions.store(max, Ordering::Relaxed);
         let old = std::mem::replace(&mut *i.on_evict.lock(), on_evict.map(Bound::unbind));
         drop(old); // after the mutex guard is gone
+        i.metrics.set_name(name);
         Ok(())
     }
 
@@ -639,7 +652,10 @@ impl PyManager {
         // Miss: the session lock makes the factory run once; others queue behind it (FIFO,
         // GIL released) and find the value when their turn comes.
         let (owner, _) = current_owner(py)?;
-        inner.acquire_sync(py, key, owner, None)?;
+        {
+            let _untimed = crate::metrics::untimed(owner.id); // see there
+            inner.acquire_sync(py, key, owner, None)?;
+        }
         if inner.locks.is_computing(key) {
             inner.release(py, key, owner)?;
             return Err(Error::Deadlock(format!(
@@ -688,7 +704,10 @@ impl PyManager {
         check_callable("fn", r#fn)?;
         let inner = &self.inner;
         let (owner, _) = current_owner(py)?;
-        inner.acquire_sync(py, key, owner, None)?;
+        {
+            let _untimed = crate::metrics::untimed(owner.id); // see there
+            inner.acquire_sync(py, key, owner, None)?;
+        }
         let result = (|| {
             let current = inner
                 .get(py, key, false)
@@ -805,6 +824,12 @@ impl PyManager {
         Ok(d)
     }
 
+    /// This manager's metrics (see `_MetricsSnapshot` in the stub).
+    fn _metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        use crate::metrics::Source;
+        crate::metrics::to_py(py, &self.inner.snapshot(py))
+    }
+
     fn __len__(&self, py: Python<'_>) -> usize {
         if self.inner.ttl().is_enabled() {
             self.inner.purge_all(py);
@@ -846,5 +871,31 @@ impl PyManager {
     /// Used by `SessionLock.__enter__`: the current context without counting a hit.
     pub fn context(inner: &Inner, py: Python<'_>, key: &str) -> Py<PyAny> {
         inner.get(py, key, false).unwrap_or_else(|| py.None())
+    }
+}
+
+impl crate::metrics::Source for Inner {
+    fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    fn snapshot(&self, _py: Python<'_>) -> crate::metrics::Snapshot {
+        use crate::metrics::wait_with_uncontended as untimed;
+        let s = &self.stats;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut snap = self.metrics.snapshot("session");
+        snap.wait_acquired = untimed(snap.wait_acquired, load(&s.lock_acquires));
+        snap.wait_timeout = untimed(snap.wait_timeout, load(&s.lock_timeouts));
+        snap.hold = self.locks.hold.snapshot();
+        snap.sessions = Some(self.store.len() as u64);
+        snap.redis_errors = None;
+        snap.events = vec![
+            ("hit", load(&s.hits)),
+            ("miss", load(&s.misses)),
+            ("create", load(&s.creates)),
+            ("expired", load(&s.expired)),
+            ("evicted", load(&s.evicted)),
+        ];
+        snap
     }
 }

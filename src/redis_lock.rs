@@ -120,6 +120,7 @@ struct Core {
     /// counts (None: the master's word is enough).
     replication: Option<Replication>,
     stats: Stats,
+    metrics: crate::metrics::Metrics,
     closed: AtomicBool,
     warned_sync_in_loop: AtomicBool,
 }
@@ -185,6 +186,8 @@ impl Core {
     /// Records a failed Redis call: starts an outage (one warning) or pushes the next
     /// probe back. Returns the error to raise when the fallback is "raise".
     fn redis_failed(&self, conn: &Conn, err: &redis::RedisError) -> Error {
+        self.metrics.redis_errors.fetch_add(1, Ordering::Relaxed);
+        self.metrics.fallback.store(!self.raise, Ordering::Relaxed);
         let desc = conn.target.describe(err);
         let first = {
             let mut o = conn.outage.lock();
@@ -214,6 +217,7 @@ impl Core {
 
     #[allow(clippy::unused_self)] // reason: kept a method so every outage transition reads `core.…`
     fn redis_ok(&self, conn: &Conn) {
+        self.metrics.fallback.store(false, Ordering::Relaxed);
         let was_down = {
             let mut o = conn.outage.lock();
             std::mem::replace(&mut o.down, false)
@@ -355,6 +359,8 @@ pub(crate) struct HandleInner {
     /// hand-off raced the cancellation) is released at once instead of becoming a ghost.
     abandoned: AtomicBool,
     waited_ns: AtomicU64,
+    /// When the hold began (`metrics::stamp`), for the hold histogram.
+    held_since: AtomicU64,
     /// Holder seen while waiting (for the LockTimeout message).
     last_holder: Mutex<Option<String>>,
     renew: Mutex<Option<tokio::task::AbortHandle>>,
@@ -898,10 +904,10 @@ impl HandleInner {
             Ordering::Relaxed,
         );
         let stats = &self.core.stats;
-        stats.wait_ns.fetch_add(
-            waited.as_nanos().try_into().unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
+        let waited_ns = waited.as_nanos().try_into().unwrap_or(u64::MAX);
+        stats.wait_ns.fetch_add(waited_ns, Ordering::Relaxed);
+        let held = matches!(outcome, Outcome::Held { .. });
+        self.core.metrics.waited(waited_ns, held);
         match outcome {
             Outcome::Held {
                 backend,
@@ -913,6 +919,8 @@ impl HandleInner {
                 // the table entry first: from here it lasts until the lease deadline
                 entry.commit(until);
                 self.deadline_ns.store(to_ns(until), Ordering::Release);
+                self.held_since
+                    .store(crate::metrics::stamp(), Ordering::Relaxed);
                 *self.state.lock() = State::Held { backend, fence };
                 stats.acquired.fetch_add(1, Ordering::Relaxed);
                 if backend == Backend::Local {
@@ -1067,6 +1075,10 @@ impl HandleInner {
                     return;
                 }
                 Some(Err(e)) => {
+                    self.core
+                        .metrics
+                        .redis_errors
+                        .fetch_add(1, Ordering::Relaxed);
                     if !std::mem::replace(&mut failing, true) {
                         let desc = self.core.target.describe(&e);
                         let key = self.names.lock.clone();
@@ -1111,6 +1123,8 @@ impl HandleInner {
         drop(st);
         // lost is decided before `done` is set: after that nothing checks the deadline
         self.check_deadline();
+        let since = self.held_since.load(Ordering::Relaxed);
+        self.core.metrics.hold.record_since(since);
         self.done.store(true, Ordering::Release);
         if let Some(t) = self.renew.lock().take() {
             t.abort();
@@ -1167,6 +1181,10 @@ impl HandleInner {
     }
 
     fn release_failed(&self, conn: &Conn, e: &redis::RedisError) {
+        self.core
+            .metrics
+            .redis_errors
+            .fetch_add(1, Ordering::Relaxed);
         let desc = conn.target.describe(e);
         let key = self.names.lock.clone();
         pyglue::log_detached(WARNING, || {
@@ -1366,12 +1384,23 @@ fn build_core(
         connect_timeout,
         replication,
         stats: Stats::default(),
+        metrics: crate::metrics::Metrics::default(),
         closed: AtomicBool::new(false),
         warned_sync_in_loop: AtomicBool::new(false),
     })
 }
 
 impl PyRedisLock {
+    /// A RedisSessionManager's own lock: reported as part of the manager, never alone.
+    pub(crate) fn hide_from_metrics(&self) {
+        self.core.metrics.hide();
+    }
+
+    pub(crate) fn metrics_part(&self, py: Python<'_>) -> crate::metrics::Snapshot {
+        use crate::metrics::Source;
+        self.core.snapshot(py)
+    }
+
     pub(crate) fn new_handle(
         &self,
         key: &Bound<'_, PyAny>,
@@ -1404,6 +1433,7 @@ impl PyRedisLock {
                 done: AtomicBool::new(false),
                 abandoned: AtomicBool::new(false),
                 waited_ns: AtomicU64::new(0),
+                held_since: AtomicU64::new(0),
                 last_holder: Mutex::new(None),
                 renew: Mutex::new(None),
             }),
@@ -1478,7 +1508,7 @@ impl PyRedisLock {
     #[new]
     #[pyo3(signature = (url=None, *, prefix="sessionlock:", ttl=30.0, wait=10.0,
         auto_renew=true, max_hold=None, fallback="local", connect_timeout=1.0,
-        min_replicas=0, replica_timeout=0.5))]
+        min_replicas=0, replica_timeout=0.5, name=None))]
     #[allow(clippy::too_many_arguments)] // reason: the documented keyword-only signature
     fn new(
         url: Option<&str>,
@@ -1491,21 +1521,24 @@ impl PyRedisLock {
         connect_timeout: f64,
         min_replicas: i64,
         replica_timeout: f64,
+        name: Option<&str>,
     ) -> Result<Self> {
-        Ok(Self {
-            core: Arc::new(build_core(
-                url,
-                prefix.to_owned(),
-                ttl,
-                wait,
-                auto_renew,
-                max_hold,
-                fallback,
-                connect_timeout,
-                min_replicas,
-                replica_timeout,
-            )?),
-        })
+        let core = Arc::new(build_core(
+            url,
+            prefix.to_owned(),
+            ttl,
+            wait,
+            auto_renew,
+            max_hold,
+            fallback,
+            connect_timeout,
+            min_replicas,
+            replica_timeout,
+        )?);
+        core.metrics.set_name(name);
+        let weak = Arc::downgrade(&core);
+        crate::metrics::track(weak, prefix);
+        Ok(Self { core })
     }
 
     /// Takes the lock (see the stub for the sync/async rules).
@@ -1588,6 +1621,12 @@ impl PyRedisLock {
         Ok(d)
     }
 
+    /// This lock's metrics (see `_MetricsSnapshot` in the stub).
+    fn _metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        use crate::metrics::Source;
+        crate::metrics::to_py(py, &self.core.snapshot(py))
+    }
+
     /// Refuses new acquisitions. Held handles stay valid until released.
     fn close(&self) {
         self.core.closed.store(true, Ordering::Release);
@@ -1640,7 +1679,7 @@ impl PyRecommendationLock {
     #[new]
     #[pyo3(signature = (url=None, *, prefix="job_recommendation_lock:user:",
         ttl=300.0, wait=10.0, auto_renew=true, max_hold=None, fallback="local",
-        connect_timeout=1.0, min_replicas=0, replica_timeout=0.5))]
+        connect_timeout=1.0, min_replicas=0, replica_timeout=0.5, name=None))]
     #[allow(clippy::too_many_arguments)] // reason: the documented keyword-only signature
     fn new(
         url: Option<&str>,
@@ -1653,6 +1692,7 @@ impl PyRecommendationLock {
         connect_timeout: f64,
         min_replicas: i64,
         replica_timeout: f64,
+        name: Option<&str>,
     ) -> Result<PyClassInitializer<Self>> {
         let base = PyRedisLock::new(
             url,
@@ -1665,6 +1705,7 @@ impl PyRecommendationLock {
             connect_timeout,
             min_replicas,
             replica_timeout,
+            name,
         )?;
         Ok(PyClassInitializer::from(base).add_subclass(Self))
     }
@@ -2078,5 +2119,18 @@ impl PyLockHandle {
             self.fencing_token()
                 .map_or_else(|| "None".to_owned(), |f| f.to_string())
         )
+    }
+}
+
+impl crate::metrics::Source for Core {
+    fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    fn snapshot(&self, _py: Python<'_>) -> crate::metrics::Snapshot {
+        let mut snap = self.metrics.snapshot("redis");
+        snap.lost = Some(self.stats.lost.load(Ordering::Relaxed));
+        snap.fallback_active = Some(self.metrics.fallback.load(Ordering::Relaxed));
+        snap
     }
 }

@@ -369,6 +369,7 @@ struct State {
     lock: Py<PyRedisLock>,
     lock_prefix: String,
     stats: Stats,
+    metrics: crate::metrics::Metrics,
     /// session id -> its hold by a thread/task of this process. Held only for map edits.
     held: Mutex<HashMap<String, Held>>,
 }
@@ -417,6 +418,7 @@ impl State {
                 self.target.describe(e)
             ));
         }
+        self.metrics.redis_errors.fetch_add(1, Ordering::Relaxed);
         if is_unavailable(e) {
             conn.reset_pool();
             Error::Unavailable(format!("Redis unreachable: {}", self.target.describe(e)))
@@ -936,10 +938,10 @@ impl PyRedisSessionManager {
 
     #[pyo3(signature = (url=None, *, prefix="sessionlock:session:".to_owned(), idle_ttl=None,
         absolute_ttl=None, codec=None, secret=None, lock_ttl=30.0, lock_wait=10.0,
-        min_replicas=0, replica_timeout=0.5))]
+        min_replicas=0, replica_timeout=0.5, name=None))]
     #[allow(clippy::too_many_arguments)] // reason: the documented keyword-only signature
     fn __init__(
-        &self,
+        slf: &Bound<'_, Self>,
         py: Python<'_>,
         url: Option<&str>,
         prefix: String,
@@ -951,6 +953,7 @@ impl PyRedisSessionManager {
         lock_wait: f64,
         min_replicas: i64,
         replica_timeout: f64,
+        name: Option<&str>,
     ) -> Result<()> {
         if prefix.is_empty() {
             return Err(Error::Value("prefix must not be empty".into()));
@@ -1015,6 +1018,7 @@ impl PyRedisSessionManager {
             .cast_into::<PyRedisLock>()
             .map_err(PyErr::from)?
             .unbind();
+        lock.get().hide_from_metrics();
         let state = State {
             target,
             prefix,
@@ -1028,9 +1032,14 @@ impl PyRedisSessionManager {
             lock,
             lock_prefix,
             stats: Stats::default(),
+            metrics: crate::metrics::Metrics::default(),
             held: Mutex::new(HashMap::new()),
         };
-        let old = self.state.lock().replace(Arc::new(state));
+        state.metrics.set_name(name);
+        let state = Arc::new(state);
+        let weak = Arc::downgrade(&state);
+        crate::metrics::track(weak, slf.get_type().name()?.to_str()?);
+        let old = slf.get().state.lock().replace(state);
         drop(old);
         Ok(())
     }
@@ -1379,6 +1388,12 @@ impl PyRedisSessionManager {
         d.set_item("expired", 0)?;
         d.set_item("evicted", 0)?;
         Ok(d)
+    }
+
+    /// This manager's metrics (see `_MetricsSnapshot` in the stub).
+    fn _metrics<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyDict>> {
+        use crate::metrics::Source;
+        Ok(crate::metrics::to_py(py, &self.st()?.snapshot(py))?)
     }
 
     fn __len__(&self, py: Python<'_>) -> Result<usize> {
@@ -2033,6 +2048,35 @@ async fn awrite_back(
         _ => {
             inner.lost.store(true, Ordering::Release);
             Err(inner.lost_error())
+        }
+    }
+}
+
+impl crate::metrics::Source for State {
+    fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
+    }
+
+    /// The lock's waits and holds, this manager's name and events. No session count: that
+    /// would be a SCAN of Redis per scrape, and the same number from every worker.
+    fn snapshot(&self, py: Python<'_>) -> crate::metrics::Snapshot {
+        let s = &self.stats;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let lock = self.lock.get().metrics_part(py);
+        let own = load(&self.metrics.redis_errors);
+        crate::metrics::Snapshot {
+            kind: "session",
+            name: self.metrics.name(),
+            lost: Some(load(&s.lock_lost)),
+            redis_errors: Some(own + lock.redis_errors.unwrap_or(0)),
+            fallback_active: None,
+            events: vec![
+                ("hit", load(&s.hits)),
+                ("miss", load(&s.misses)),
+                ("create", load(&s.creates)),
+                ("corrupted", load(&s.corrupted)),
+            ],
+            ..lock
         }
     }
 }

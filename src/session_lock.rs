@@ -478,9 +478,9 @@ impl PyAcquire {
         }
         self.cancel_timer(py);
         let stats = &self.inner.stats;
-        stats
-            .lock_wait_ns
-            .fetch_add(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        let waited = self.start.elapsed().as_nanos() as u64;
+        stats.lock_wait_ns.fetch_add(waited, Ordering::Relaxed);
+        self.inner.metrics.waited(waited, acquired); // next to its stats bump: see metrics.rs
         if !acquired {
             stats.lock_timeouts.fetch_add(1, Ordering::Relaxed);
             if self.want_context {

@@ -2,7 +2,10 @@
 
 ``app`` is built from the environment (:class:`backend.settings.Settings`); ``create_app``
 takes explicit settings. ``GET /api/stats`` reports every manager's sessions and the lock
-objects it keeps, and the recommendation lock's counters.
+objects it keeps, and the recommendation lock's counters. ``GET /metrics`` is the Prometheus
+exposition (``sessionlock.metrics``, needs ``sessionlock[prometheus]``; docs/metrics.md):
+lock waits and holds per manager, session events, the job lock's timeouts, losses and
+fallback, next to prometheus_client's process metrics.
 """
 
 from __future__ import annotations
@@ -12,8 +15,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Optional
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from sessionlock import metrics
 from sessionlock.demo import lock_objects
 from sessionlock.fastapi import close_on_shutdown
 
@@ -63,6 +68,12 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.include_router(chatbot_router.router(chats, cfg.llm_delay))
     app.include_router(brainstorming_router.router(boards, cfg.llm_delay, cfg.sync_work))
     app.include_router(job_agent_router.router(db, calculator, scheduler))
+
+    metrics.register(REGISTRY)  # idempotent: several apps in one process share it
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/api/health")
     def health() -> dict[str, str]:

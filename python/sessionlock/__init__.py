@@ -1,6 +1,8 @@
 """sessionlock: concurrent per-session state and job locks for FastAPI backends.
 
 The core is native (``sessionlock._sessionlock``); this package re-exports its public names.
+Prometheus metrics live in ``sessionlock.metrics`` (extra ``sessionlock[prometheus]``), which
+this module does not import: ``import sessionlock`` never needs prometheus_client.
 """
 
 from __future__ import annotations

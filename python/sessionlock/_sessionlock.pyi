@@ -2,7 +2,7 @@
 
 import types
 from collections.abc import Awaitable, Callable, Generator
-from typing import Any, Generic, Literal, Self, TypeVar, final, overload
+from typing import Any, Generic, Literal, Self, TypedDict, TypeVar, final, overload
 
 from sessionlock.codec import Codec
 
@@ -10,6 +10,38 @@ _C = TypeVar("_C")
 _T = TypeVar("_T")
 
 __version__: str
+
+# ---- metrics (read by ``sessionlock.metrics``; private, but typed) ----------------------
+
+_METRIC_BUCKETS: tuple[float, ...]
+"""Histogram upper bounds in seconds, 50 µs to 60 s (``+Inf`` is implied)."""
+
+class _MetricsSnapshot(TypedDict):
+    """One object's metrics at one instant. A histogram is ``(counts, sum_seconds)`` with one
+    count per bucket of ``_METRIC_BUCKETS`` plus ``+Inf`` (not cumulative). ``None`` means
+    "does not apply to this class" (no series is exported for it)."""
+
+    kind: Literal["session", "redis"]
+    name: str
+    wait_acquired: tuple[list[int], float]
+    wait_timeout: tuple[list[int], float]
+    hold: tuple[list[int], float]
+    sessions: int | None
+    events: dict[str, int]
+    lost: int | None
+    redis_errors: int | None
+    fallback_active: bool | None
+
+def _enable_metrics(on: bool = True) -> None:
+    """Adds (``on``) or removes one user of hold timing; holds are timed, process-wide,
+    while there is at least one (each registry of ``register()``, ``otel.instrument()``).
+    The first time on, calibrates the CPU time-stamp counter (may sleep up to 20 ms, GIL
+    released)."""
+
+def _metrics_enabled() -> bool: ...
+def _metric_snapshots() -> list[_MetricsSnapshot]:
+    """Snapshots of every live manager and lock (collected ones are gone). Holds the GIL;
+    no I/O."""
 
 class SessionLockError(Exception):
     """Base class of every error raised by sessionlock."""
@@ -89,8 +121,10 @@ class BaseSessionManager(Generic[_C]):
         absolute_ttl: float | None = None,
         max_sessions: int | None = None,
         on_evict: Callable[[str, _C, str], None] | None = None,
+        name: str | None = None,
     ) -> None:
-        """``idle_ttl``: seconds since last access; ``absolute_ttl``: seconds since creation;
+        """``name``: the ``name`` label of this manager's metrics (default: the class name).
+        ``idle_ttl``: seconds since last access; ``absolute_ttl``: seconds since creation;
         ``max_sessions``: evict approximately least-recently-used sessions above this;
         ``on_evict(session_id, context, reason)`` with reason "expired" or "evicted", called
         outside every lock; its exceptions are logged (logger ``sessionlock``).
@@ -136,6 +170,8 @@ class BaseSessionManager(Generic[_C]):
     def stats(self) -> dict[str, int]:
         """Counters: sessions, locks, hits, misses, creates, expired, evicted, lock_acquires,
         lock_contended, lock_timeouts, lock_wait_ns, factory_runs."""
+    def _metrics(self) -> _MetricsSnapshot:
+        """This manager's metrics (``kind="session"``); no I/O, no Python code run."""
     def __len__(self) -> int: ...
     def __contains__(self, session_id: object, /) -> bool: ...
     def _safe_get_or_create(self, session_id: str, factory_func: Callable[[], _C]) -> _C: ...
@@ -273,7 +309,9 @@ class RedisLock:
         connect_timeout: float = 1.0,
         min_replicas: int = 0,
         replica_timeout: float = 0.5,
-    ) -> Self: ...
+        name: str | None = None,
+    ) -> Self:
+        """``name``: the ``name`` label of this lock's metrics (default: the prefix)."""
     @property
     def prefix(self) -> str:
         """Prepended to every key."""
@@ -299,6 +337,8 @@ class RedisLock:
         """Deletes whoever holds ``key`` (admin use); True if it was held."""
     def stats(self) -> dict[str, int]:
         """acquired, contended, timeouts, lost, renewals, fallback_acquires, wait_ns."""
+    def _metrics(self) -> _MetricsSnapshot:
+        """This lock's metrics (``kind="redis"``); no I/O."""
     def close(self) -> None:
         """Refuses new acquisitions; held handles stay valid."""
     def __enter__(self) -> RedisLock: ...
@@ -322,6 +362,7 @@ class RecommendationLock(RedisLock):
         connect_timeout: float = 1.0,
         min_replicas: int = 0,
         replica_timeout: float = 0.5,
+        name: str | None = None,
     ) -> Self: ...
     def acquire(  # type: ignore[override]
         self, user_id: int | str, timeout: float = 300.0, *, wait: float | None = None
@@ -432,8 +473,10 @@ class RedisSessionManager(Generic[_C]):
         lock_wait: float = 10.0,
         min_replicas: int = 0,
         replica_timeout: float = 0.5,
+        name: str | None = None,
     ) -> None:
-        """``codec`` None means ``"json"``. ``lock_ttl``: lease of the session lock (renewed
+        """``name``: the ``name`` label of this manager's metrics (default: the class name).
+        ``codec`` None means ``"json"``. ``lock_ttl``: lease of the session lock (renewed
         while held); ``lock_wait``: how long ``lock()``/``update()``/``get_or_create`` wait;
         ``min_replicas`` / ``replica_timeout``: as for ``RedisLock``, for the session lock.
         Raises ValueError for bad TTLs, an empty prefix, ``"pickle"`` without a secret or a
@@ -500,6 +543,10 @@ class RedisSessionManager(Generic[_C]):
         creates, corrupted, factory_runs, lock_acquires, lock_contended, lock_timeouts,
         lock_wait_ns, lock_lost, write_backs; expired and evicted are always 0 (Redis
         expires keys on its own)."""
+    def _metrics(self) -> _MetricsSnapshot:
+        """This manager's metrics (``kind="session"``): its lock's waits and holds, this
+        process's session events; no session count (that would be a SCAN). No I/O.
+        Raises RuntimeError if ``__init__`` never ran."""
     def __len__(self) -> int:
         """Number of sessions (a SCAN)."""
     def __contains__(self, session_id: object, /) -> bool:
