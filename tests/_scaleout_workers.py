@@ -9,6 +9,18 @@ from typing import Any
 import sessionlock
 
 
+def _overlapped(marker: str) -> bool:
+    """Creates and removes an O_EXCL marker file: True if someone else's was there (two
+    holders inside the section at once)."""
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return True
+    os.close(fd)
+    os.unlink(marker)
+    return False
+
+
 def exclusive_section(url: str, key: str, marker: str, n: int, start: Any, q: Any) -> None:
     """n acquisitions of `key`; inside each, an O_EXCL marker file proves nobody else is in.
     Reports (overlaps, fencing tokens in the order this worker saw them)."""
@@ -17,13 +29,7 @@ def exclusive_section(url: str, key: str, marker: str, n: int, start: Any, q: An
     overlaps, fences = 0, []
     for _ in range(n):
         with lk.acquire(key) as h:
-            try:
-                fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                overlaps += 1
-            else:
-                os.close(fd)
-                os.unlink(marker)
+            overlaps += _overlapped(marker)
             fences.append(h.fencing_token)
     lk.close()
     q.put((overlaps, fences))
@@ -50,14 +56,7 @@ def lock_loop(url: str, keys: list[str], marker_dir: str, stop: Any, q: Any) -> 
         i += 1
         try:
             with lk.acquire(key):
-                marker = os.path.join(marker_dir, key)
-                try:
-                    fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                except FileExistsError:
-                    overlaps += 1
-                else:
-                    os.close(fd)
-                    os.unlink(marker)
+                overlaps += _overlapped(os.path.join(marker_dir, key))
             done += 1
         except Exception as e:  # every error counts: none may reach the caller
             errors.append(f"{type(e).__name__}: {e}")
