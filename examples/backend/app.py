@@ -7,14 +7,16 @@ objects it keeps, and the recommendation lock's counters.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Optional
 
 from fastapi import FastAPI
 
-from sessionlock.demo import lock_objects
+from legacy import lock_objects
 from sessionlock.fastapi import close_on_shutdown
 
 from . import sessions
@@ -54,6 +56,10 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             yield
         finally:
             scheduler.stop()
+            if cfg.remove_db_on_shutdown and db.dialect == "sqlite":
+                for path in (db.path, f"{db.path}-wal", f"{db.path}-shm"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
 
     app = FastAPI(
         title="sessionlock example backend",
