@@ -18,7 +18,8 @@ As a pytest plugin (``pytest_plugins = ["sessionlock.testing"]`` in a ``conftest
 - ``redis_url``: its URL, restarting the server first if a test left it stopped.
 
 This module is the one sessionlock's own test suite uses. Importing ``sessionlock`` never
-imports it; importing it imports pytest only when pytest is installed.
+imports it, and it never imports pytest itself: the fixtures are defined when it is
+imported inside a pytest run.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any, Optional
 
-# The fixtures `redis_server` and `redis_url` exist only when pytest is installed.
+# The fixtures `redis_server` and `redis_url` exist only inside a pytest run (see below).
 __all__ = ["REDIS_SERVER", "RedisServer", "free_port"]
 
 #: The ``redis-server`` binary used (``PATH`` first).
@@ -141,11 +143,11 @@ class RedisServer:
         self.close()
 
 
-try:
+# The fixtures exist only inside a pytest run (pytest is imported by then, whether this module
+# is loaded as a plugin or from a conftest): a script or benchmark that imports `RedisServer`
+# neither needs pytest nor pays for importing it.
+if "pytest" in sys.modules:
     import pytest
-except ModuleNotFoundError:  # the class above needs no pytest; the fixtures do
-    pass
-else:
 
     @pytest.fixture(scope="session")
     def redis_server() -> Iterator[RedisServer]:
