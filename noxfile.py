@@ -18,6 +18,7 @@ profile.
     nox                  # every session
     nox -t smoke         # the interpreters other than 3.11 (what CI adds to `make check`)
     nox -s wheels        # release wheels into dist/, each smoke-tested in a fresh venv
+    nox -s wheels -- 3.12   # only some interpreters
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ def wheels(session: nox.Session) -> None:
     demo). A cp3XXt wheel too when a free-threaded CPython is found."""
     dist = ROOT / "dist"
     dist.mkdir(exist_ok=True)
-    targets = [(v, find_python(v)) for v in VERSIONS]
+    versions = session.posargs or VERSIONS  # `nox -s wheels -- 3.12`: just that one
+    targets = [(v, find_python(v)) for v in versions]
     freethreaded = find_freethreaded()
     if freethreaded:
         targets.append(("free-threaded", freethreaded))
@@ -196,9 +198,10 @@ def wheels(session: nox.Session) -> None:
         if python is None:
             session.log(f"CPython {label} not found: no wheel for it (skipped)")
             continue
-        wheel = _build_wheel(session, python, Path(tempfile.mkdtemp()) / "out", {})
-        target = dist / wheel.name
-        shutil.move(str(wheel), target)
+        with tempfile.TemporaryDirectory(prefix="sessionlock-build-") as out:
+            wheel = _build_wheel(session, python, Path(out), {})
+            target = dist / wheel.name
+            shutil.move(str(wheel), target)
         with tempfile.TemporaryDirectory(prefix="sessionlock-wheel-") as tmp:
             session.run(python, "-m", "venv", tmp, external=True, silent=True)
             py = str(Path(tmp) / "bin" / "python")

@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -305,7 +306,8 @@ def run_recommendation_incident(
     backend = "-"
     with tempfile.TemporaryDirectory(prefix="sessionlock-demo-") as tmp:
         db = os.path.join(tmp, "recs.sqlite3")
-        with sqlite3.connect(db) as conn:
+        # closing(): a connection's own `with` commits but does not close (Python 3.13 warns).
+        with closing(sqlite3.connect(db)) as conn, conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(_SCHEMA)
         barrier = threading.Barrier(2)
@@ -328,7 +330,7 @@ def run_recommendation_incident(
         for w in workers:
             w.join(120)
         duplicate = partial = 0
-        with sqlite3.connect(db) as conn:
+        with closing(sqlite3.connect(db)) as conn:
             for rows, runs in conn.execute(
                 "SELECT COUNT(*), COUNT(DISTINCT run_id) FROM user_job_recommendations"
                 " GROUP BY user_id"
@@ -337,7 +339,6 @@ def run_recommendation_incident(
                     duplicate += 1
                 elif rows < RECS_PER_USER or runs > 1:
                     partial += 1
-        conn.close()
     return RecsResult(design, duplicate, partial, backend, users)
 
 
