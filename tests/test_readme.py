@@ -1,8 +1,11 @@
-"""Every ```python block of README.md and docs/*.md runs as written (each in a fresh namespace)."""
+"""Every ```python block of README.md and docs/*.md runs as written (each in a fresh
+namespace). A block whose fence reads ```python no-run is shown, not run (e.g. a conftest)."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -15,27 +18,27 @@ PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 
 
-def blocks() -> list[tuple[str, str]]:
-    """(``page:line``, code) for every python block."""
-    out = []
-    for page in PAGES:
-        text = page.read_text(encoding="utf-8")
-        name = page.relative_to(ROOT).as_posix()
-        for m in FENCE.finditer(text):
-            out.append((f"{name}:{text.count(chr(10), 0, m.start()) + 1}", m.group(1)))
-    return out
+def blocks(page: Path = README) -> list[tuple[int, str]]:
+    text = page.read_text(encoding="utf-8")
+    return [(text.count("\n", 0, m.start()) + 1, m.group(1)) for m in FENCE.finditer(text)]
+
+
+def all_blocks() -> list[tuple[str, int, str]]:
+    return [(p.relative_to(ROOT).as_posix(), line, code) for p in PAGES for line, code in blocks(p)]
 
 
 def test_readme_has_python_examples() -> None:
-    assert any(where.startswith("README.md:") for where, _ in blocks()), "README.md has no example"
+    assert blocks(), "README.md has no ```python block"
 
 
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize(
-    ("where", "code"), blocks(), ids=lambda v: v if ":" in v and "\n" not in v else ""
+    ("page", "line", "code"),
+    all_blocks(),
+    ids=[f"{page}:{line}" for page, line, _ in all_blocks()],
 )
 def test_readme_block_runs(
-    where: str, code: str, monkeypatch: pytest.MonkeyPatch, redis_url: str
+    page: str, line: int, code: str, monkeypatch: pytest.MonkeyPatch, redis_url: str
 ) -> None:
     # Redis examples configure themselves from the environment, as users' code does: point
     # them at the server this test run started (never at one it did not start).
@@ -44,8 +47,29 @@ def test_readme_block_runs(
     for var in ("REDIS_HOST", "REDIS_PORT", "REDIS_DB", "REDIS_PASSWORD"):
         monkeypatch.delenv(var, raising=False)
     # A real, registered module: dataclasses and pickling look classes up by module name.
-    module = types.ModuleType("readme_" + "".join(c if c.isalnum() else "_" for c in where))
+    module = types.ModuleType(f"{Path(page).stem.replace('-', '_')}_line_{line}")
     monkeypatch.setitem(sys.modules, module.__name__, module)
-    page, line = where.rsplit(":", 1)
-    # blank lines keep the traceback's line numbers those of the page
-    exec(compile("\n" * int(line) + code, str(ROOT / page), "exec"), module.__dict__)
+    exec(compile(code, f"{ROOT / page}:{line}", "exec"), module.__dict__)
+
+
+FILE_FENCE = re.compile(r"^```python file=(\S+)[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
+
+
+@pytest.mark.timeout(60)
+def test_testing_plugin_as_documented(tmp_path: Path, redis_server: object) -> None:
+    """docs/testing.md's conftest.py and test file, run by pytest as a user would."""
+    files = FILE_FENCE.findall((ROOT / "docs" / "testing.md").read_text(encoding="utf-8"))
+    assert {name for name, _ in files} >= {"conftest.py"}
+    for name, code in files:
+        (tmp_path / name).write_text(code, encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "PYTEST_"))}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(r"\b2 passed\b", proc.stdout), proc.stdout

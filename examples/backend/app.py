@@ -10,7 +10,9 @@ fallback, next to prometheus_client's process metrics.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Optional
@@ -18,8 +20,8 @@ from typing import Any, Optional
 from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from legacy import lock_objects
 from sessionlock import metrics
-from sessionlock.demo import lock_objects
 from sessionlock.fastapi import close_on_shutdown
 
 from . import sessions
@@ -59,6 +61,10 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
             yield
         finally:
             scheduler.stop()
+            if cfg.remove_db_on_shutdown and db.dialect == "sqlite":
+                for path in (db.path, f"{db.path}-wal", f"{db.path}-shm"):
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
 
     app = FastAPI(
         title="sessionlock example backend",

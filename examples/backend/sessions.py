@@ -1,7 +1,7 @@
 """What the modules' routers need from a session manager, and the design switch.
 
 ``BaseSessionManager`` satisfies :class:`SessionStore`; so do the old designs of
-:mod:`sessionlock.demo`, which is how the load test runs the same endpoints against them.
+``examples/legacy.py``, which is how the load test runs the same endpoints against them.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import Any, Callable, Optional, Protocol, TypeVar
 
-from sessionlock.demo import LEGACY_DESIGNS
+from legacy import LEGACY_DESIGNS
 
 C = TypeVar("C")
 C_co = TypeVar("C_co", covariant=True)

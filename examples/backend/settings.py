@@ -7,7 +7,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import Optional
 
-#: ``sessionlock`` or one of the old designs of :data:`sessionlock.demo.LEGACY_DESIGNS`.
+#: ``sessionlock`` or one of the old designs of ``LEGACY_DESIGNS`` (examples/legacy.py).
 DESIGNS = ("sessionlock", "nolock", "globallock", "rlock")
 
 
@@ -32,6 +32,9 @@ class Settings:
     redis_url: Optional[str] = None
     #: Seconds between scheduler batches; 0 runs none (trigger them with the batch endpoint).
     batch_interval: float = 0.0
+    #: Delete the SQLite file when the app shuts down (set for the default temp-dir file only;
+    #: a database named by ``SESSIONLOCK_EXAMPLE_DB`` is kept).
+    remove_db_on_shutdown: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -54,4 +57,5 @@ class Settings:
             job_lock=job_lock.lower() in ("1", "on", "true", "yes"),
             redis_url=env.get("SESSIONLOCK_EXAMPLE_REDIS_URL") or None,
             batch_interval=float(env.get("SESSIONLOCK_EXAMPLE_BATCH_INTERVAL", "0")),
+            remove_db_on_shutdown="SESSIONLOCK_EXAMPLE_DB" not in env,
         )

@@ -1,223 +1,92 @@
 """``python -m sessionlock.demo``: the backend's two incidents, old designs against sessionlock.
 
-Owns a faithful re-implementation of the session managers sessionlock replaces (importable, so
-the example backend's load test runs the very same old designs), a compact copy of the
-backend's DELETE-then-INSERT recommendation save, and the comparison table. No Redis is needed:
-the recommendation lock uses its process-local fallback unless ``REDIS_URL`` is set.
+Incident 1: chatbot turns (read the history, await the LLM, write back) from asyncio tasks
+and threadpool endpoints on the same sessions, plus threads joining the same new sessions at
+once. Incident 2: the recommendation save (DELETE then 20 INSERTs) run by the real-time
+trigger and the nightly batch for the same users at the same moment.
+
+The old session managers are deliberately broken, so they are not part of the library: the
+demo loads them from ``examples/legacy.py`` of the sessionlock checkout it is run in (the
+current directory, ``--examples DIR`` or ``SESSIONLOCK_EXAMPLES``). No Redis is needed: the
+recommendation lock uses Redis when ``REDIS_URL`` is set, else its process-local fallback.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import os
 import random
+import socket
 import sqlite3
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Optional, Protocol, TypeVar
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Optional, Protocol
 
-from sessionlock import BaseSessionManager, RecommendationLock
+from sessionlock import BaseSessionManager, RecommendationLock, RedisUnavailable
 
-C = TypeVar("C")
-
-# --------------------------------------------------------------------------------------------
-# The session managers sessionlock replaces (from the backend's incident notes).
-# Each offers the slice of the BaseSessionManager interface the backend's modules use, with
-# ``lock(sid)`` standing for what the old module did around a read-modify-write.
-# --------------------------------------------------------------------------------------------
+LEGACY_FILE = Path("examples") / "legacy.py"
 
 
-class _Unlocked(Generic[C]):
-    """What the old code had around a read-modify-write: a lookup, then nothing held."""
-
-    def __init__(self, read: Callable[[str], Optional[C]], session_id: str) -> None:
-        self._read = read
-        self._sid = session_id
-
-    def __enter__(self) -> Optional[C]:
-        return self._read(self._sid)
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    async def __aenter__(self) -> Optional[C]:
-        return self._read(self._sid)
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
+class LegacyNotFound(FileNotFoundError):
+    """``examples/legacy.py`` (the old designs) is not where the demo looked."""
 
 
-class NoLockSessionManager(Generic[C]):
-    """daily's manager: a plain dict, check-then-act, no lock at all."""
-
-    design = "no lock"
-
-    def __init__(self) -> None:
-        self._sessions: dict[str, C] = {}
-
-    def create_session(self, context: C) -> str:
-        session_id = str(uuid.uuid4())
-        self._sessions[session_id] = context
-        return session_id
-
-    def get_session(self, session_id: str) -> Optional[C]:
-        return self._sessions.get(session_id)
-
-    def get_or_create(self, session_id: str, factory: Callable[[], C]) -> C:
-        if session_id not in self._sessions:  # check ...
-            context = factory()
-            self._sessions[session_id] = context  # ... then act: a concurrent create is lost
-            return context
-        return self._sessions[session_id]
-
-    def set_session(self, session_id: str, context: C) -> Optional[C]:
-        previous = self._sessions.get(session_id)
-        self._sessions[session_id] = context
-        return previous
-
-    def delete_session(self, session_id: str) -> bool:
-        return self._sessions.pop(session_id, None) is not None
-
-    def lock(self, session_id: str, *, timeout: Optional[float] = None) -> _Unlocked[C]:
-        return _Unlocked(self.get_session, session_id)
-
-    def lock_objects(self) -> int:
-        return 0
-
-    def __len__(self) -> int:
-        return len(self._sessions)
+def find_legacy(examples: Optional[str] = None) -> Path:
+    """Where ``legacy.py`` is: in ``examples`` if given (else ``SESSIONLOCK_EXAMPLES``), else
+    in ``./examples`` (a checkout's root), else beside this package's source (an editable
+    install of a checkout)."""
+    examples = examples or os.environ.get("SESSIONLOCK_EXAMPLES")
+    if examples:
+        candidates = [Path(examples) / "legacy.py"]
+    else:
+        candidates = [Path.cwd() / LEGACY_FILE, Path(__file__).resolve().parents[2] / LEGACY_FILE]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise LegacyNotFound(
+        "the demo compares sessionlock with the old session managers in examples/legacy.py "
+        "of the sessionlock source checkout, and found none at "
+        + " or ".join(str(p) for p in candidates)
+        + ". Run it from the checkout's root (cd sessionlock && python -m sessionlock.demo) "
+        "or pass --examples /path/to/sessionlock/examples."
+    )
 
 
-class GlobalLockSessionManager(NoLockSessionManager[C]):
-    """chatbot's manager: every dict operation under one ``threading.Lock``.
-
-    The lock cannot be held across an ``await`` (a second task on the loop would block the
-    loop thread while the holder can never resume), so a chatbot turn reads under it, awaits
-    the LLM unprotected, and writes back: a concurrent turn in between is lost.
-    """
-
-    design = "one global lock"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._lock = threading.Lock()
-
-    def create_session(self, context: C) -> str:
-        with self._lock:
-            return super().create_session(context)
-
-    def get_session(self, session_id: str) -> Optional[C]:
-        with self._lock:
-            return self._sessions.get(session_id)
-
-    def get_or_create(self, session_id: str, factory: Callable[[], C]) -> C:
-        with self._lock:  # every create of every session waits here
-            return super().get_or_create(session_id, factory)
-
-    def set_session(self, session_id: str, context: C) -> Optional[C]:
-        with self._lock:
-            return super().set_session(session_id, context)
-
-    def delete_session(self, session_id: str) -> bool:
-        with self._lock:
-            return super().delete_session(session_id)
-
-    def lock_objects(self) -> int:
-        return 1
-
-
-class _HeldRLock(Generic[C]):
-    """The old per-session ``RLock`` held for the whole block, also across ``await``."""
-
-    def __init__(self, manager: RLockSessionManager[C], session_id: str) -> None:
-        self._mgr = manager
-        self._sid = session_id
-        self._lock = manager._session_locks[session_id]  # one RLock per id, kept forever
-
-    def __enter__(self) -> Optional[C]:
-        self._lock.acquire()
-        return self._mgr._sessions.get(self._sid)
-
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
-
-    async def __aenter__(self) -> Optional[C]:
-        # What `with lock:` inside `async def` does: blocks the event loop while a thread
-        # holds it, and lets every other task of the loop thread re-enter (RLock ownership
-        # is per thread), so tasks are not excluded from each other at all.
-        self._lock.acquire()
-        return self._mgr._sessions.get(self._sid)
-
-    async def __aexit__(self, *exc: object) -> None:
-        self._lock.release()
-
-
-class RLockSessionManager(NoLockSessionManager[C]):
-    """The proposed base class: ``defaultdict(RLock)`` per session plus a global RLock."""
-
-    design = "per-session RLock"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._session_locks: defaultdict[str, threading.RLock] = defaultdict(threading.RLock)
-        self._global_lock = threading.RLock()
-
-    def create_session(self, context: C) -> str:
-        session_id = str(uuid.uuid4())
-        with self._session_locks[session_id], self._global_lock:
-            self._sessions[session_id] = context
-        return session_id
-
-    def get_session(self, session_id: str) -> Optional[C]:
-        with self._session_locks[session_id]:
-            return self._sessions.get(session_id)
-
-    def get_or_create(self, session_id: str, factory: Callable[[], C]) -> C:
-        with self._session_locks[session_id]:
-            if session_id not in self._sessions:
-                with self._global_lock:
-                    if session_id not in self._sessions:
-                        self._sessions[session_id] = factory()
-            return self._sessions[session_id]
-
-    def set_session(self, session_id: str, context: C) -> Optional[C]:
-        with self._session_locks[session_id], self._global_lock:
-            return super().set_session(session_id, context)
-
-    def delete_session(self, session_id: str) -> bool:
-        with self._session_locks[session_id], self._global_lock:
-            return super().delete_session(session_id)
-
-    def lock(self, session_id: str, *, timeout: Optional[float] = None) -> _HeldRLock[C]:  # type: ignore[override]
-        return _HeldRLock(self, session_id)
-
-    def lock_objects(self) -> int:
-        return len(self._session_locks)
-
-
-#: The old designs by their short name (the example backend's ``SESSIONLOCK_EXAMPLE_DESIGN``).
-LEGACY_DESIGNS: dict[str, Callable[[], NoLockSessionManager[Any]]] = {
-    "nolock": NoLockSessionManager,
-    "globallock": GlobalLockSessionManager,
-    "rlock": RLockSessionManager,
-}
+def load_legacy(examples: Optional[str] = None) -> ModuleType:
+    """``examples/legacy.py`` as a module (see `find_legacy`); loaded once per process."""
+    path = find_legacy(examples)
+    name = "_sessionlock_demo_legacy"
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(path):
+        return loaded
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise LegacyNotFound(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and typing look classes up by module name
+    spec.loader.exec_module(module)
+    if not hasattr(module, "LEGACY_DESIGNS"):
+        raise LegacyNotFound(f"{path} defines no LEGACY_DESIGNS: not sessionlock's examples")
+    return module
 
 
 def lock_objects(manager: object) -> int:
     """Lock objects a manager keeps (for sessions nobody holds, after a run: a leak)."""
     if isinstance(manager, BaseSessionManager):
         return manager.stats()["locks"]
-    if isinstance(manager, NoLockSessionManager):
-        return manager.lock_objects()
-    raise TypeError(f"not a session manager: {manager!r}")
+    count: Callable[[], int] = manager.lock_objects  # type: ignore[attr-defined]
+    return count()
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,7 +107,9 @@ class SessionResult:
     lost_creates: int
     lock_objects: int
     max_stall_ms: float
-    seconds: float
+    #: Denominators: chatbot turns written, and contexts handed out by get_or_create.
+    updates: int = 0
+    handed: int = 0
 
 
 class _Manager(Protocol):
@@ -334,7 +205,6 @@ def run_session_incident(
     joins: int = 300,
 ) -> SessionResult:
     """Run the chatbot and create races on one manager; everything is bounded."""
-    t0 = time.perf_counter()
     sids = [mgr.create_session(ChatContext()) for _ in range(sessions)]
     expected, stall = asyncio.run(_chat_load(mgr, sids, tasks, rounds, threads, llm_s, sync_work_s))
     kept = sum(len(mgr.get_session(s).history) for s in sids)
@@ -352,7 +222,8 @@ def run_session_incident(
         lost_creates=lost_creates,
         lock_objects=lock_objects(mgr),
         max_stall_ms=stall * 1000,
-        seconds=time.perf_counter() - t0,
+        updates=expected,
+        handed=joins * 4,
     )
 
 
@@ -379,12 +250,20 @@ ON CONFLICT (user_id, job_id) DO UPDATE SET rank = excluded.rank,
 """
 
 
+def _unused_loopback_url() -> str:
+    """A Redis URL on a loopback port the OS just handed out and nobody listens on: a lock
+    pointed there is refused at once and takes its process-local fallback. (The demo must
+    not touch a Redis it was not given, such as a developer's own server on :6379.)"""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    return f"redis://127.0.0.1:{port}/0"
+
+
 def recommendation_lock(prefix: str = "sessionlock-demo:user:") -> RecommendationLock:
     """A ``RecommendationLock`` on ``REDIS_URL``, else on its process-local fallback."""
-    url = os.environ.get("REDIS_URL")
-    # Without REDIS_URL the demo runs on the embedded default: an address nothing listens on
-    # makes the lock take its process-local fallback at once, whatever runs on :6379.
-    return RecommendationLock(url or "redis://127.0.0.1:9/0", prefix=prefix, connect_timeout=0.2)
+    url = os.environ.get("REDIS_URL") or _unused_loopback_url()
+    return RecommendationLock(url, prefix=prefix, connect_timeout=0.2)
 
 
 def _save(db: str, user_id: int, token: Optional[int], round_trip_s: float) -> None:
@@ -411,8 +290,8 @@ class RecsResult:
     design: str
     duplicate_sets: int
     partial_sets: int
-    seconds: float
     backend: str
+    users: int = 0
 
 
 def run_recommendation_incident(
@@ -424,11 +303,11 @@ def run_recommendation_incident(
     round_trip_s: float = 0.0002,
 ) -> RecsResult:
     """A real-time thread and a batch thread save the same users at the same moment."""
-    t0 = time.perf_counter()
     backend = "-"
     with tempfile.TemporaryDirectory(prefix="sessionlock-demo-") as tmp:
         db = os.path.join(tmp, "recs.sqlite3")
-        with sqlite3.connect(db) as conn:
+        # closing(): a connection's own `with` commits but does not close (Python 3.13 warns).
+        with closing(sqlite3.connect(db)) as conn, conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(_SCHEMA)
         barrier = threading.Barrier(2)
@@ -451,7 +330,7 @@ def run_recommendation_incident(
         for w in workers:
             w.join(120)
         duplicate = partial = 0
-        with sqlite3.connect(db) as conn:
+        with closing(sqlite3.connect(db)) as conn:
             for rows, runs in conn.execute(
                 "SELECT COUNT(*), COUNT(DISTINCT run_id) FROM user_job_recommendations"
                 " GROUP BY user_id"
@@ -460,8 +339,7 @@ def run_recommendation_incident(
                     duplicate += 1
                 elif rows < RECS_PER_USER or runs > 1:
                     partial += 1
-        conn.close()
-    return RecsResult(design, duplicate, partial, time.perf_counter() - t0, backend)
+    return RecsResult(design, duplicate, partial, backend, users)
 
 
 # --------------------------------------------------------------------------------------------
@@ -470,55 +348,117 @@ def run_recommendation_incident(
 def _table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     cells = [[str(h) for h in headers], *[[str(c) for c in r] for r in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
+def _of(part: int, whole: int) -> str:
+    return f"{part:,} of {whole:,}"
+
+
+class _FallbackNotice(logging.Filter):
+    """Keeps the lock's "Redis unreachable; using the process-local lock" warning out of the
+    tables when running without Redis was the plan (the header already says so)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Redis unreachable" not in record.getMessage()
+
+
+def _redis_header(lock: RecommendationLock, configured: bool) -> str:
+    if not configured:
+        return (
+            "Redis: none (REDIS_URL is not set). The recommendation lock runs on its "
+            "process-local fallback, which excludes the threads of this one process - all "
+            "this demo has. Set REDIS_URL=redis://host:6379/0 to use Redis."
+        )
+    try:
+        lock.is_locked("probe")
+    except RedisUnavailable:
+        return (
+            f"Redis: {lock.url} (REDIS_URL) does not answer. The recommendation lock falls "
+            "back to its process-local lock (it logs that below) and goes back to Redis "
+            "once it answers."
+        )
+    return f"Redis: {lock.url} (REDIS_URL). The recommendation lock is the distributed one."
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sessionlock.demo", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m sessionlock.demo",
+        description="The backend's two incidents, the old designs against sessionlock.",
+    )
     parser.add_argument("--tasks", type=int, default=100, help="chatbot tasks (default 100)")
     parser.add_argument("--users", type=int, default=30, help="users recomputed (default 30)")
-    args = parser.parse_args(argv)
-
-    print("Incident 1 - chatbot turns across an await (asyncio tasks + threadpool endpoints)")
-    print(f"           and {4} threads joining the same new sessions at once\n")
-    designs: list[tuple[str, Any]] = [
-        (factory().design, factory()) for factory in LEGACY_DESIGNS.values()
-    ]
-    designs.append(("sessionlock", BaseSessionManager()))
-    results = [run_session_incident(m, name, tasks=args.tasks) for name, m in designs]
-    print(
-        _table(
-            [
-                "session manager",
-                "lost updates",
-                "lost creates",
-                "lock objects left",
-                "max loop stall",
-                "time",
-            ],
-            [
-                (
-                    r.design,
-                    r.lost_updates,
-                    r.lost_creates,
-                    r.lock_objects,
-                    f"{r.max_stall_ms:.1f} ms",
-                    f"{r.seconds:.2f} s",
-                )
-                for r in results
-            ],
-        )
+    parser.add_argument(
+        "--examples",
+        metavar="DIR",
+        help="the checkout's examples/ directory, which holds legacy.py (default: ./examples)",
     )
+    args = parser.parse_args(argv)
+    try:
+        legacy = load_legacy(args.examples)
+    except LegacyNotFound as exc:
+        print(f"python -m sessionlock.demo: {exc}", file=sys.stderr)
+        return 2
 
-    print("\nIncident 2 - recommendation save (DELETE + 20 INSERTs), real-time and batch at once\n")
-    # The lock logs (logger "sessionlock") when it takes its local fallback: show that line
-    # in order, between the tables.
-    logging.basicConfig(level=logging.WARNING, format="(%(message)s)")
-    sys.stdout.flush()
+    configured = bool(os.environ.get("REDIS_URL"))
+    if not configured:
+        logging.getLogger("sessionlock").addFilter(_FallbackNotice())
     lock = recommendation_lock()
     try:
+        print(_redis_header(lock, configured))
+        print(f"Old designs: {find_legacy(args.examples)}\n")
+        sys.stdout.flush()
+
+        threads = 2
+        print(
+            f"Incident 1 - {args.tasks} asyncio tasks and {threads} threadpool threads append "
+            "chatbot turns to 4 sessions (read, await the LLM, write back); then 4 threads "
+            "join the same 300 new sessions at once."
+        )
+        print(
+            "  lost updates = turns missing from the histories; lost creates = contexts handed "
+            "to a caller but not the one stored; lock objects left = kept for idle sessions; "
+            "max loop stall = longest the event loop could not run (blocked by a lock).\n"
+        )
+        designs: list[tuple[str, Any]] = [
+            (factory().design, factory()) for factory in legacy.LEGACY_DESIGNS.values()
+        ]
+        designs.append(("sessionlock", BaseSessionManager()))
+        results = [
+            run_session_incident(m, name, tasks=args.tasks, threads=threads) for name, m in designs
+        ]
+        print(
+            _table(
+                [
+                    "session manager",
+                    "lost updates",
+                    "lost creates",
+                    "lock objects left",
+                    "max loop stall",
+                ],
+                [
+                    (
+                        r.design,
+                        _of(r.lost_updates, r.updates),
+                        _of(r.lost_creates, r.handed),
+                        f"{r.lock_objects:,}",
+                        f"{r.max_stall_ms:.1f} ms",
+                    )
+                    for r in results
+                ],
+            )
+        )
+
+        print(
+            f"\nIncident 2 - the real-time trigger and the batch save the same {args.users} "
+            "users' 20 recommendations at the same moment (DELETE, then 20 INSERTs), twice."
+        )
+        print(
+            "  duplicate sets = users left with more than 20 rows; partial sets = users left "
+            "with fewer, or with rows of two runs mixed; lock backend = where the lock lived.\n"
+        )
         recs = [
             run_recommendation_incident(None, "no lock (old code, Redis down)", users=args.users),
             run_recommendation_incident(lock, "RecommendationLock", users=args.users),
@@ -527,14 +467,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         lock.close()
     print(
         _table(
-            ["recommendation save", "lock backend", "duplicate sets", "partial sets", "time"],
+            ["recommendation save", "lock backend", "duplicate sets", "partial sets"],
             [
-                (r.design, r.backend, r.duplicate_sets, r.partial_sets, f"{r.seconds:.2f} s")
+                (r.design, r.backend, _of(r.duplicate_sets, r.users), _of(r.partial_sets, r.users))
                 for r in recs
             ],
         )
     )
-    return 0
+
+    ours, old = results[-1], results[:-1]
+    locked, unlocked = recs[1], recs[0]
+    clean = (ours.lost_updates, ours.lost_creates, ours.lock_objects) == (0, 0, 0) and (
+        locked.duplicate_sets,
+        locked.partial_sets,
+    ) == (0, 0)
+    worst = max(old, key=lambda r: r.lost_updates)
+    print(
+        f"\nVerdict: {'PASS' if clean else 'FAIL'} - sessionlock lost "
+        f"{ours.lost_updates} updates and {ours.lost_creates} creates and kept "
+        f"{ours.lock_objects} lock objects (worst old design, {worst.design}: "
+        f"{_of(worst.lost_updates, worst.updates)} updates lost); RecommendationLock left "
+        f"{locked.duplicate_sets + locked.partial_sets} corrupt sets, the unlocked save "
+        f"{_of(unlocked.duplicate_sets + unlocked.partial_sets, unlocked.users)}."
+    )
+    return 0 if clean else 1
 
 
 if __name__ == "__main__":

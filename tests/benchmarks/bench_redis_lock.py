@@ -25,9 +25,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from redis_server import RedisServer
+from sessionlock.testing import RedisServer  # no pytest needed
 
 SPAWN = multiprocessing.get_context("spawn")
 IMPLS = ["sessionlock", "redis-py", "python-redis-lock", "pottery"]
