@@ -421,12 +421,12 @@ impl HandleInner {
 
     /// Whether this is a forked child's copy of a parent's handle.
     fn inherited(&self) -> bool {
-        self.pid != std::process::id()
+        self.pid != crate::redis_conn::pid()
     }
 
     fn warn_inherited(&self, what: &str) {
         let key = self.names.lock.clone();
-        let (pid, me) = (self.pid, std::process::id());
+        let (pid, me) = (self.pid, crate::redis_conn::pid());
         let what = what.to_owned();
         pyglue::log_detached(WARNING, || {
             format!(
@@ -1274,7 +1274,7 @@ impl PyRedisLock {
                 // (and session manager) of this process that can contend for it
                 held_key: format!("{}\0{}", self.core.target.id(), full),
                 token: crate::random::uuid_v4().simple().to_string(),
-                pid: std::process::id(),
+                pid: crate::redis_conn::pid(),
                 ttl,
                 wait,
                 state: Mutex::new(State::Pending),
