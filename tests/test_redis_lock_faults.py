@@ -197,6 +197,29 @@ def test_lost_flips_at_the_deadline_without_a_failed_renewal(
         h.ensure_held()
 
 
+def test_a_late_renewal_reply_never_resurrects_the_handle(
+    proxy: FreezableProxy, redis_server: RedisServer
+) -> None:
+    """A renewal stuck in the partition reaches Redis after the holder's deadline and
+    succeeds there (the lease was stretched behind the holder's back): the handle stays lost."""
+    r = redis_server.client()
+    cut = RedisLock(proxy.url, ttl=1, connect_timeout=0.5, fallback="raise")
+    h = cut.acquire(new_key())
+    # one renewal first, so the renewal connection exists before the partition
+    wait_until(lambda: cut.stats()["renewals"] >= 1, what="a first renewal")
+    proxy.freeze()
+    r.pexpire(h.key, 30_000)  # Redis would confirm any renewal that reaches it
+    wait_until(lambda: h.lost, timeout=3, what="lost at the lease deadline")
+    proxy.thaw()
+    # the renewal that was stuck in the proxy lands: it sets the lease back to 1 s
+    wait_until(lambda: 0 < r.pttl(h.key) <= 1000, timeout=5, what="the late renewal landed")
+    assert h.lost
+    with pytest.raises(LockLost):
+        h.ensure_held()
+    assert h.extend() is False
+    assert h.release() is False
+
+
 # --- Redis SIGKILLed and restarted ------------------------------------------------------
 
 
