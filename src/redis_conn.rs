@@ -396,6 +396,16 @@ impl Conn {
     /// replaced and `f` retried once on a fresh one; every script is safe to repeat.
     pub fn sync<T>(
         &self,
+        f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
+    ) -> redis::RedisResult<T> {
+        self.sync_until(None, f)
+    }
+
+    /// [`Conn::sync`] for a call that is pointless after `until` (a lease deadline): no
+    /// retry once it has passed.
+    pub fn sync_until<T>(
+        &self,
+        until: Option<Instant>,
         mut f: impl FnMut(&mut redis::Connection) -> redis::RedisResult<T>,
     ) -> redis::RedisResult<T> {
         let pooled = self.pool.lock().pop();
@@ -405,7 +415,8 @@ impl Conn {
             None => self.connect_sync()?,
         };
         let mut r = f(&mut c);
-        if was_pooled && matches!(&r, Err(e) if is_broken(e)) {
+        let retry = until.is_none_or(|u| Instant::now() < u);
+        if was_pooled && retry && matches!(&r, Err(e) if is_broken(e)) {
             self.reset_pool();
             c = self.connect_sync()?;
             r = f(&mut c);

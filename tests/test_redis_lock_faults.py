@@ -183,6 +183,21 @@ def test_partitioned_holder_knows_it_lost_before_anyone_else_holds(
     assert other.release()
 
 
+def test_leaving_a_block_during_a_partition_waits_no_longer_than_the_lease(
+    proxy: FreezableProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The release at the end of a `with` block cannot reach Redis: it gives up at the lease
+    deadline (nothing is left to release after it), not after the connection timeouts."""
+    caplog.set_level(logging.WARNING, logger="sessionlock")
+    cut = RedisLock(proxy.url, ttl=1, fallback="raise")  # io timeout 2 s, plus a retry
+    with cut.acquire(new_key()) as h:
+        proxy.freeze()
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 1.2
+    assert not h.lost  # the body ended inside the lease: nothing is raised
+    assert any("could not release" in r.getMessage() for r in caplog.records)
+
+
 def test_lost_flips_at_the_deadline_without_a_failed_renewal(
     proxy: FreezableProxy, redis_url: str
 ) -> None:
