@@ -183,6 +183,24 @@ def test_partitioned_holder_knows_it_lost_before_anyone_else_holds(
     assert other.release()
 
 
+def test_partitioned_async_holder_knows_first_and_raises_on_exit(
+    proxy: FreezableProxy, redis_url: str
+) -> None:
+    cut = RedisLock(proxy.url, ttl=1, connect_timeout=0.5, fallback="raise")
+    direct = RedisLock(redis_url, wait=10, fallback="raise")
+    key = new_key()
+
+    async def main() -> None:
+        with pytest.raises(LockLost):
+            async with cut.acquire(key) as h:
+                proxy.freeze()
+                other = await direct.acquire(key)  # once the cut-off lease ran out
+                assert other and h.lost
+                assert other.release()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
 def test_leaving_a_block_during_a_partition_waits_no_longer_than_the_lease(
     proxy: FreezableProxy, caplog: pytest.LogCaptureFixture
 ) -> None:
