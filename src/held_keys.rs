@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-/// One queued waiter. `granted` is written only under the table's map lock (by whoever
-/// hands the key over) and read under it by the waiter, so a grant and a give-up never
-/// both win.
+/// One queued waiter. `granted` is set (never cleared) only under the table's map lock,
+/// by whoever hands the key over; a waiter that gives up checks it under the map lock
+/// too, so a grant and a give-up never both win. Waiting threads sleep on `cv` (holding
+/// only `granted`'s lock), async waiters on `notify`.
 pub struct Ticket {
     token: String,
     granted: Mutex<bool>,
