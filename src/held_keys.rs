@@ -11,17 +11,22 @@
 //! excluding here at its deadline, exactly when it stops excluding on Redis.
 //!
 //! Entries exist only while a key is held or waited for, so the map never outgrows the
-//! locks in use. The table lives in the per-process state: a forked child starts empty.
+//! locks in use: an entry goes when its holder releases and nobody waits, and the entries of
+//! handles dropped without a release (their deadline passed) are swept whenever the map
+//! has doubled since the last sweep (amortized O(1) per acquisition). The table lives in
+//! the per-process state: a forked child starts empty.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-/// One queued waiter. `granted` is written only under the table's map lock (by whoever
-/// hands the key over) and read under it by the waiter, so a grant and a give-up never
-/// both win.
+/// One queued waiter. `granted` is set (never cleared) only under the table's map lock,
+/// by whoever hands the key over; a waiter that gives up checks it under the map lock
+/// too, so a grant and a give-up never both win. Waiting threads sleep on `cv` (holding
+/// only `granted`'s lock), async waiters on `notify`.
 pub struct Ticket {
     token: String,
     granted: Mutex<bool>,
@@ -83,7 +88,12 @@ impl Slot {
 #[derive(Default)]
 pub struct HeldKeys {
     map: Mutex<HashMap<String, Slot>>,
+    /// Map size that triggers the next sweep; read and written only under `map`.
+    sweep_at: AtomicUsize,
 }
+
+/// The smallest map worth sweeping.
+const SWEEP_MIN: usize = 64;
 
 /// What `enter` found.
 pub enum Entered {
@@ -100,6 +110,10 @@ impl HeldKeys {
     pub fn enter(&self, key: &str, token: &str) -> Entered {
         let now = Instant::now();
         let mut map = self.map.lock();
+        if map.len() >= self.sweep_at.load(Ordering::Relaxed).max(SWEEP_MIN) {
+            map.retain(|_, s| !s.settle(now));
+            self.sweep_at.store(map.len() * 2, Ordering::Relaxed);
+        }
         let slot = map.entry(key.to_owned()).or_default();
         slot.settle(now);
         if let Some(h) = slot.holder.as_ref() {
@@ -414,6 +428,20 @@ mod tests {
         assert!(c.wait_sync(later(LONG)));
         drop(c);
         assert!(t.map.lock().is_empty());
+    }
+
+    #[test]
+    fn entries_of_handles_dropped_without_release_are_swept() {
+        let t = Arc::new(HeldKeys::default());
+        for i in 0..10_000 {
+            let (e, _) = Entry::enter(t.clone(), &format!("k{i}"), "a");
+            e.commit(Instant::now()); // a deadline that has passed: never released
+        }
+        assert!(
+            t.map.lock().len() <= 2 * SWEEP_MIN,
+            "{}",
+            t.map.lock().len()
+        );
     }
 
     #[test]

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,9 +47,37 @@ pub struct Process {
 
 static PROCESS: Mutex<Option<Arc<Process>>> = Mutex::new(None);
 
+/// This process's id, cached: `getpid` is a system call and the lock's hot paths ask for
+/// it several times per acquisition. 0 means "not known": a `pthread_atfork` child handler
+/// resets it, so a forked child looks its own pid up on first use.
+static PID: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn forget_pid_in_child() {
+    // Async-signal-safe: one atomic store.
+    PID.store(0, Ordering::Relaxed);
+}
+
+/// The current process id (right in a forked child too).
+pub fn pid() -> u32 {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let p = PID.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    // registered before the first value is cached, so no fork can copy a stale one
+    ONCE.call_once(|| {
+        // SAFETY: the handler is a plain `extern "C" fn` that only stores to an atomic.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) };
+        assert_eq!(rc, 0, "pthread_atfork failed");
+    });
+    let p = std::process::id();
+    PID.store(p, Ordering::Relaxed);
+    p
+}
+
 /// This process's state (a fresh one in a forked child).
 pub fn process() -> Arc<Process> {
-    let pid = std::process::id();
+    let pid = pid();
     let mut slot = PROCESS.lock();
     if let Some(p) = slot.as_ref() {
         if p.pid == pid {
@@ -86,7 +114,7 @@ pub fn process() -> Arc<Process> {
 pub fn _shutdown_runtime(py: Python<'_>) {
     let current = PROCESS.lock().clone();
     let Some(p) = current else { return };
-    if p.pid != std::process::id() {
+    if p.pid != pid() {
         return; // a forked child that never used Redis: the parent's runtime is not ours
     }
     let runtime = p.runtime.lock().take();
@@ -532,6 +560,16 @@ impl Conn {
     /// replaced and `f` retried once on a fresh one; every script is safe to repeat.
     pub fn sync<T>(
         &self,
+        f: impl FnMut(&mut SyncConn) -> redis::RedisResult<T>,
+    ) -> redis::RedisResult<T> {
+        self.sync_until(None, f)
+    }
+
+    /// [`Conn::sync`] for a call that is pointless after `until` (a lease deadline): no
+    /// retry once it has passed.
+    pub fn sync_until<T>(
+        &self,
+        until: Option<Instant>,
         mut f: impl FnMut(&mut SyncConn) -> redis::RedisResult<T>,
     ) -> redis::RedisResult<T> {
         let pooled = self.pool.lock().pop();
@@ -541,7 +579,8 @@ impl Conn {
             None => self.connect_sync()?,
         };
         let mut r = f(&mut c);
-        if was_pooled && matches!(&r, Err(e) if is_broken(e)) {
+        let retry = until.is_none_or(|u| Instant::now() < u);
+        if was_pooled && retry && matches!(&r, Err(e) if is_broken(e)) {
             self.reset_pool();
             c = self.connect_sync()?;
             r = f(&mut c);

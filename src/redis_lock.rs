@@ -37,7 +37,7 @@ use redis::Script;
 use crate::errors::{Error, Result};
 use crate::held_keys::Entry;
 use crate::pyglue::{self, DEBUG, INFO, WARNING};
-use crate::redis_conn::{process, Conn, ForkSafeRuntime, Notice, Target};
+use crate::redis_conn::{process, Conn, ForkSafeRuntime, Notice, SyncConn, Target};
 use crate::redis_scripts::{self as scripts, Names};
 
 /// Longest a sync wait runs without checking for signals.
@@ -456,12 +456,12 @@ impl HandleInner {
 
     /// Whether this is a forked child's copy of a parent's handle.
     fn inherited(&self) -> bool {
-        self.pid != std::process::id()
+        self.pid != crate::redis_conn::pid()
     }
 
     fn warn_inherited(&self, what: &str) {
         let key = self.names.lock.clone();
-        let (pid, me) = (self.pid, std::process::id());
+        let (pid, me) = (self.pid, crate::redis_conn::pid());
         let what = what.to_owned();
         pyglue::log_detached(WARNING, || {
             format!(
@@ -1143,7 +1143,11 @@ impl HandleInner {
             Backend::Redis => {
                 let conn = self.core.conn()?;
                 let inv = invoke4(&RELEASE, &self.names, &[&self.token]);
-                match conn.sync(|c| inv.invoke::<i64>(c)) {
+                // past the deadline there is nothing left to release: do not wait beyond it
+                let until = self.deadline();
+                match conn.sync_until(Some(until), |c| {
+                    before_deadline(c, until, conn.io_timeout(), |c| inv.invoke::<i64>(c))
+                }) {
                     Ok(v) => v == 1,
                     Err(e) => {
                         self.release_failed(&conn, &e);
@@ -1167,7 +1171,11 @@ impl HandleInner {
             Backend::Redis => {
                 let conn = self.core.conn()?;
                 let inv = invoke4(&RELEASE, &self.names, &[&self.token]);
-                match conn.run_async::<i64>(&inv).await {
+                let until = self.deadline();
+                let r = tokio::time::timeout_at(until.into(), conn.run_async::<i64>(&inv))
+                    .await
+                    .unwrap_or_else(|_| Err(past_deadline()));
+                match r {
                     Ok(v) => v == 1,
                     Err(e) => {
                         self.release_failed(&conn, &e);
@@ -1220,15 +1228,10 @@ impl HandleInner {
                 let until = self.deadline();
                 let mut inv = HOLDER.prepare_invoke();
                 inv.key(&self.names.lock);
-                let r = conn.sync(|c| {
-                    let left = until.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into());
-                    }
-                    c.set_read_timeout(Some(left.min(conn.io_timeout())))?;
-                    let r = inv.invoke::<(String, i64)>(c);
-                    c.set_read_timeout(Some(conn.io_timeout()))?;
-                    r
+                let r = conn.sync_until(Some(until), |c| {
+                    before_deadline(c, until, conn.io_timeout(), |c| {
+                        inv.invoke::<(String, i64)>(c)
+                    })
                 });
                 match r {
                     Ok((t, _)) => Ok(t == self.token),
@@ -1302,6 +1305,37 @@ impl HandleInner {
             holder.map_or_else(String::new, |h| format!(" (held by {h})"))
         ))
     }
+}
+
+fn past_deadline() -> redis::RedisError {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no reply before the lease deadline",
+    )
+    .into()
+}
+
+/// Runs `f` on a blocking connection waiting for its reply at most until the lease
+/// deadline `until` (a timeout error after it; the connection is then dropped, not pooled).
+/// The socket's timeout is touched only when the deadline comes before the usual one.
+fn before_deadline<T>(
+    c: &mut SyncConn,
+    until: Instant,
+    normal: Duration,
+    f: impl FnOnce(&mut SyncConn) -> redis::RedisResult<T>,
+) -> redis::RedisResult<T> {
+    let left = until.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(past_deadline());
+    }
+    if left >= normal {
+        return f(c);
+    }
+    c.set_read_timeout(Some(left))?;
+    let r = f(c);
+    // a healthy socket accepts it; a broken one is not pooled again anyway
+    let _ = c.set_read_timeout(Some(normal));
+    r
 }
 
 /// Withdraws an async waiter whose future was dropped (task cancelled) while queued.
@@ -1423,7 +1457,7 @@ impl PyRedisLock {
                 // (and session manager) of this process that can contend for it
                 held_key: format!("{}\0{}", self.core.target.id(), full),
                 token: crate::random::uuid_v4().simple().to_string(),
-                pid: std::process::id(),
+                pid: crate::redis_conn::pid(),
                 ttl,
                 wait,
                 state: Mutex::new(State::Pending),

@@ -18,9 +18,10 @@
 //! Nothing outlives its lock: the fence key gets the lease's expiry whenever the lease is
 //! set or renewed, the queue and waiters keys expire shortly after the last waiter's last
 //! refresh. Fencing tokens still grow when a key is reused after its fence expired: a
-//! token is `max(last + 1, server time in µs)`, so it is guarded by the counter while the
-//! counter lives and by the server clock after (only a server clock stepped back by more
-//! than the time since the fence expired could repeat a token).
+//! token is the last one + 1 while the fence key lives, and the server time in µs when it
+//! starts afresh. Every script takes more than a microsecond, so the counter never runs
+//! ahead of the clock, and a fresh start is above every earlier token (unless the server
+//! clock is stepped back by more than the time since the fence expired).
 //!
 //! Fairness: a release does not just delete the key, it hands the lease straight to the
 //! first live waiter in the queue (SET key waiter-token PX claim-window, new fence) and
@@ -122,13 +123,17 @@ local chan = lock .. '\0released'
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
--- The next fencing token: above the last one while its key lives, and above every
--- earlier token after it expired (the server clock in microseconds). It lives as long
--- as the lease `px` it comes with.
+-- The next fencing token: the last one + 1 while its key lives; after it expired, the
+-- server clock in microseconds (above every earlier token, which were all handed out
+-- before). It lives as long as the lease `px` it comes with.
 local function next_fence(px)
-  local last = tonumber(redis.call('GET', fence)) or 0
-  local f = math.max(last + 1, tonumber(t[1]) * 1000000 + tonumber(t[2]))
-  redis.call('SET', fence, string.format('%.0f', f), 'PX', px)
+  local f = redis.call('INCR', fence)
+  if f == 1 then
+    f = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    redis.call('SET', fence, string.format('%.0f', f), 'PX', px)
+  else
+    redis.call('PEXPIRE', fence, px)
+  end
   return f
 end
 

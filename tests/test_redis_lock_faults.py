@@ -183,6 +183,39 @@ def test_partitioned_holder_knows_it_lost_before_anyone_else_holds(
     assert other.release()
 
 
+def test_partitioned_async_holder_knows_first_and_raises_on_exit(
+    proxy: FreezableProxy, redis_url: str
+) -> None:
+    cut = RedisLock(proxy.url, ttl=1, connect_timeout=0.5, fallback="raise")
+    direct = RedisLock(redis_url, wait=10, fallback="raise")
+    key = new_key()
+
+    async def main() -> None:
+        with pytest.raises(LockLost):
+            async with cut.acquire(key) as h:
+                proxy.freeze()
+                other = await direct.acquire(key)  # once the cut-off lease ran out
+                assert other and h.lost
+                assert other.release()
+
+    asyncio.run(asyncio.wait_for(main(), 20))
+
+
+def test_leaving_a_block_during_a_partition_waits_no_longer_than_the_lease(
+    proxy: FreezableProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The release at the end of a `with` block cannot reach Redis: it gives up at the lease
+    deadline (nothing is left to release after it), not after the connection timeouts."""
+    caplog.set_level(logging.WARNING, logger="sessionlock")
+    cut = RedisLock(proxy.url, ttl=1, fallback="raise")  # io timeout 2 s, plus a retry
+    with cut.acquire(new_key()) as h:
+        proxy.freeze()
+        t0 = time.monotonic()
+    assert time.monotonic() - t0 < 1.2
+    assert not h.lost  # the body ended inside the lease: nothing is raised
+    assert any("could not release" in r.getMessage() for r in caplog.records)
+
+
 def test_lost_flips_at_the_deadline_without_a_failed_renewal(
     proxy: FreezableProxy, redis_url: str
 ) -> None:
@@ -195,6 +228,29 @@ def test_lost_flips_at_the_deadline_without_a_failed_renewal(
     assert time.monotonic() - t0 < 0.6
     with pytest.raises(LockLost):
         h.ensure_held()
+
+
+def test_a_late_renewal_reply_never_resurrects_the_handle(
+    proxy: FreezableProxy, redis_server: RedisServer
+) -> None:
+    """A renewal stuck in the partition reaches Redis after the holder's deadline and
+    succeeds there (the lease was stretched behind the holder's back): the handle stays lost."""
+    r = redis_server.client()
+    cut = RedisLock(proxy.url, ttl=1, connect_timeout=0.5, fallback="raise")
+    h = cut.acquire(new_key())
+    # one renewal first, so the renewal connection exists before the partition
+    wait_until(lambda: cut.stats()["renewals"] >= 1, what="a first renewal")
+    proxy.freeze()
+    r.pexpire(h.key, 30_000)  # Redis would confirm any renewal that reaches it
+    wait_until(lambda: h.lost, timeout=3, what="lost at the lease deadline")
+    proxy.thaw()
+    # the renewal that was stuck in the proxy lands: it sets the lease back to 1 s
+    wait_until(lambda: 0 < r.pttl(h.key) <= 1000, timeout=5, what="the late renewal landed")
+    assert h.lost
+    with pytest.raises(LockLost):
+        h.ensure_held()
+    assert h.extend() is False
+    assert h.release() is False
 
 
 # --- Redis SIGKILLed and restarted ------------------------------------------------------
