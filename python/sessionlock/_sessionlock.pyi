@@ -374,7 +374,7 @@ class RedisSessionLock(Generic[_C]):
     """The distributed lock of one Redis-backed session (``RedisSessionManager.lock()``).
 
     A ``RedisLock`` (fencing, auto-renewal, ``LockLost``) on the key
-    ``<prefix minus its last character>-lock:<session_id>``. Across processes Redis decides
+    ``<prefix minus its last character>-lock:{<session_id>}``. Across processes Redis decides
     who holds it; inside one process the owner is the running asyncio task, else the thread,
     and the owner may re-enter (``update()`` inside the owner's block works).
 
