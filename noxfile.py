@@ -40,15 +40,15 @@ FULL = "3.11"
 # task ownership, the GIL release around waits, typing at runtime) and the README and docs.
 SMOKE = (
     "tests/test_smoke.py",
-    "tests/test_readme.py",
-    "tests/test_demo.py",
-    "tests/test_manager_basic.py",
-    "tests/test_subclassing.py",
-    "tests/test_bad_input.py",
-    "tests/test_session_lock.py",
-    "tests/test_session_lock_async.py",
-    "tests/test_redis_lock.py",
-    "tests/test_example_app.py",
+    "tests/examples/test_readme.py",
+    "tests/examples/test_demo.py",
+    "tests/local/test_manager_basic.py",
+    "tests/local/test_subclassing.py",
+    "tests/local/test_bad_input.py",
+    "tests/local/test_session_lock.py",
+    "tests/local/test_session_lock_async.py",
+    "tests/lock/test_redis_lock.py",
+    "tests/examples/test_example_app.py",
 )
 # Matrix builds use the release profile (fat LTO: what ships) in the one target dir that
 # `make install` fills, so they reuse its dependencies and rebuild only pyo3 and our crate

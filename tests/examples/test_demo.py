@@ -15,7 +15,7 @@ import pytest
 
 from sessionlock import BaseSessionManager, demo
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 OF = re.compile(r"(\d[\d,]*) of (\d[\d,]*)")
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from sessionlock import LockLost, RecommendationLock
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
 
 from backend.job_agent.calculator import (
     CalcResult,

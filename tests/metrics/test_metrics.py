@@ -407,7 +407,7 @@ def test_redis_session_manager_counts_redis_errors(registry: CollectorRegistry) 
 
 # ---- the example backend and its load test ---------------------------------------------
 
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "examples")
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "examples")
 
 
 def test_example_backend_serves_metrics_and_loadtest_reads_them_back(tmp_path: Path) -> None:
@@ -446,7 +446,7 @@ def test_example_backend_serves_metrics_and_loadtest_reads_them_back(tmp_path: P
 
 # ---- docs/metrics.md ---------------------------------------------------------------------
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.DOTALL | re.MULTILINE)
 
 

@@ -23,7 +23,7 @@ from sessionlock import BaseSessionManager
 fastapi = pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "examples"))
 
 from loadtest import serve_app  # noqa: E402
 from sessionlock.fastapi import close_on_shutdown, locked_session  # noqa: E402
