@@ -9,14 +9,13 @@ import os
 import pickle
 import threading
 import time
-import uuid
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 import sessionlock
+from _sessions import SECRET, Mgr, new_prefix, raw_key
 from redis_server import RedisServer, free_port
 from sessionlock import (
     BaseSessionManager,
@@ -32,24 +31,6 @@ from sessionlock import (
 )
 
 SPAWN = multiprocessing.get_context("spawn")
-SECRET = "s" * 32
-
-Mgr = RedisSessionManager[Any]
-
-
-def new_prefix() -> str:
-    return f"t{uuid.uuid4().hex[:12]}:s:"
-
-
-@pytest.fixture
-def mgr(redis_url: str) -> Iterator[Mgr]:
-    m: Mgr = RedisSessionManager(redis_url, prefix=new_prefix(), lock_ttl=5, lock_wait=5)
-    yield m
-    m.clear()
-
-
-def raw_key(m: Mgr, sid: str) -> str:
-    return f"{m.prefix}{{{sid}}}"  # the session id is the cluster hash tag
 
 
 # --- interface parity --------------------------------------------------------------------

@@ -8,32 +8,13 @@ import collections
 import dataclasses
 import enum
 import logging
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from _sessions import SECRET, Mgr, new_prefix, raw_key
 from redis_server import RedisServer
 from sessionlock import DataclassCodec, RedisSessionManager, SessionCorrupted
-
-SECRET = "s" * 32
-Mgr = RedisSessionManager[Any]
-
-
-def raw_key(m: Mgr, sid: str) -> str:
-    return f"{m.prefix}{{{sid}}}"  # the session id is the cluster hash tag
-
-
-def new_prefix() -> str:
-    return f"t{uuid.uuid4().hex[:12]}:s:"
-
-
-@pytest.fixture
-def mgr(redis_url: str) -> Iterator[Mgr]:
-    m: Mgr = RedisSessionManager(redis_url, prefix=new_prefix(), lock_ttl=5, lock_wait=5)
-    yield m
-    m.clear()
 
 
 @pytest.mark.parametrize("codec", ["json", "pickle"])
