@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from _holders import held_by_thread
 from sessionlock import (
     BaseSessionManager,
     LockDeadlock,
@@ -145,26 +146,15 @@ def test_update_of_a_missing_or_deleted_session(mgr: Any) -> None:
 
 def test_a_held_lock_times_out_others(mgr: Any) -> None:
     sid = mgr.create_session({"n": 0})
-    holding, done = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with mgr.lock(sid):
-            holding.set()
-            done.wait(10)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    try:
-        assert holding.wait(10)
+    with held_by_thread(mgr.lock(sid)):
         lk = mgr.lock(sid)
         assert lk.acquire(timeout=0.05) is False
         with pytest.raises(LockTimeout), mgr.lock(sid, timeout=0.05):
             pytest.fail("the body must not run")
         assert mgr.get_session(sid) == {"n": 0}  # reads never wait for the lock
-    finally:
-        done.set()
-        t.join(10)
-    assert mgr.lock(sid).acquire(timeout=5)
+    free = mgr.lock(sid)
+    assert free.acquire(timeout=5)  # released when the holder's block ended
+    free.release()
 
 
 def test_the_owner_re_enters(mgr: Any) -> None:

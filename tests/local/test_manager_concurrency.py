@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from _holders import held_by_thread
 from conftest import LoopThread
 from sessionlock import BaseSessionManager, LockDeadlock, SessionNotFound
 
@@ -344,17 +345,7 @@ def test_reads_and_other_sessions_never_wait_for_a_held_session_lock(mgr: Mgr) -
     ctx = {"a": 1}
     mgr.insert_session("held", ctx)
     mgr.insert_session("other", 2)
-    held, release = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with mgr.lock("held"):
-            held.set()
-            release.wait(20)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    try:
-        assert held.wait(10)
+    with held_by_thread(mgr.lock("held")):
         start = time.monotonic()
         for _ in range(100):
             assert mgr.get_session("held") is ctx
@@ -372,9 +363,6 @@ def test_reads_and_other_sessions_never_wait_for_a_held_session_lock(mgr: Mgr) -
         elapsed = time.monotonic() - start
         assert elapsed < 5, f"reads waited for the held lock ({elapsed:.2f}s)"
         assert not mgr.lock("held").acquire(blocking=False)
-    finally:
-        release.set()
-        t.join()
 
 
 @pytest.mark.timeout(20)
@@ -382,17 +370,7 @@ def test_reads_from_asyncio_never_wait_for_a_held_session_lock(
     mgr: Mgr, loop_thread: LoopThread
 ) -> None:
     mgr.insert_session("held", "ctx")
-    held, release = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with mgr.lock("held"):
-            held.set()
-            release.wait(20)
-
-    t = threading.Thread(target=holder)
-    t.start()
-    try:
-        assert held.wait(10)
+    with held_by_thread(mgr.lock("held")):
 
         async def reader() -> int:
             n = 0
@@ -403,9 +381,6 @@ def test_reads_from_asyncio_never_wait_for_a_held_session_lock(
             return n
 
         assert loop_thread.run(reader(), timeout=5) == 100
-    finally:
-        release.set()
-        t.join()
 
 
 # ---- stress: threads and tasks on the same sessions --------------------------------------

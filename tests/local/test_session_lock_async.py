@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from _holders import held_by_task
 from conftest import LoopThread
 from sessionlock import BaseSessionManager, LockDeadlock, LockNotOwned, LockTimeout
 
@@ -135,27 +136,17 @@ def test_tasks_exclude_each_other_across_awaits(mgr: Mgr) -> None:
 
 def test_async_timeouts(mgr: Mgr) -> None:
     async def main() -> None:
-        got, release = asyncio.Event(), asyncio.Event()
-
-        async def holder() -> None:
-            async with mgr.lock("s"):
-                got.set()
-                await release.wait()
-
-        h = asyncio.create_task(holder())
-        await got.wait()
-        lk = mgr.lock("s")
-        assert await lk.acquire_async(timeout=0) is False
-        assert await lk.acquire_async(timeout=0.02) is False
-        with pytest.raises(LockTimeout):
-            async with mgr.lock("s", timeout=0.02):
-                pytest.fail("the body must not run unprotected")
-        with pytest.raises(TimeoutError):
-            async with mgr.lock("s", timeout=0):
-                pytest.fail("the body must not run unprotected")
-        assert mgr.stats()["locks"] == 1
-        release.set()
-        await h
+        async with held_by_task(mgr.lock("s")):
+            lk = mgr.lock("s")
+            assert await lk.acquire_async(timeout=0) is False
+            assert await lk.acquire_async(timeout=0.02) is False
+            with pytest.raises(LockTimeout):
+                async with mgr.lock("s", timeout=0.02):
+                    pytest.fail("the body must not run unprotected")
+            with pytest.raises(TimeoutError):
+                async with mgr.lock("s", timeout=0):
+                    pytest.fail("the body must not run unprotected")
+            assert mgr.stats()["locks"] == 1
         assert mgr.stats()["locks"] == 0
         async with mgr.lock("s", timeout=0.5):
             pass
@@ -222,24 +213,14 @@ def test_async_waiter_never_blocks_the_loop(mgr: Mgr) -> None:
 
 def test_cancelled_waiter_leaves_no_trace(mgr: Mgr, until: Until) -> None:
     async def main() -> None:
-        got, release = asyncio.Event(), asyncio.Event()
-
-        async def holder() -> None:
-            async with mgr.lock("s"):
-                got.set()
-                await release.wait()
-
-        h = asyncio.create_task(holder())
-        await got.wait()
-        waiters = [asyncio.ensure_future(mgr.lock("s").acquire_async()) for _ in range(5)]
-        await until(lambda: mgr.stats()["lock_contended"] >= 5, what="waiters queued")
-        for w in waiters:
-            w.cancel()
-        for w in waiters:
-            with pytest.raises(asyncio.CancelledError):
-                await w
-        release.set()
-        await h
+        async with held_by_task(mgr.lock("s")):
+            waiters = [asyncio.ensure_future(mgr.lock("s").acquire_async()) for _ in range(5)]
+            await until(lambda: mgr.stats()["lock_contended"] >= 5, what="waiters queued")
+            for w in waiters:
+                w.cancel()
+            for w in waiters:
+                with pytest.raises(asyncio.CancelledError):
+                    await w
         assert mgr.stats()["locks"] == 0
         # the next waiter gets it at once
         assert await mgr.lock("s").acquire_async(timeout=0) is True
@@ -294,27 +275,17 @@ def test_wait_for_timeout_around_async_with_leaves_no_trace(mgr: Mgr) -> None:
 
 def test_dropped_unawaited_acquire_leaves_no_trace(mgr: Mgr) -> None:
     async def main() -> None:
-        got, release = asyncio.Event(), asyncio.Event()
-
-        async def holder() -> None:
-            async with mgr.lock("s"):
-                got.set()
-                await release.wait()
-
-        h = asyncio.create_task(holder())
-        await got.wait()
-        pending = mgr.lock("s").acquire_async()
-        # like asyncio.Lock().acquire(): a coroutine that is never awaited takes nothing
-        with pytest.warns(RuntimeWarning, match="never awaited"):
-            del pending
-            gc.collect()
-        free = mgr.lock("free").acquire_async()
-        with pytest.warns(RuntimeWarning, match="never awaited"):
-            del free
-            gc.collect()
-        assert not mgr.lock("free").locked()
-        release.set()
-        await h
+        async with held_by_task(mgr.lock("s")):
+            pending = mgr.lock("s").acquire_async()
+            # like asyncio.Lock().acquire(): a coroutine that is never awaited takes nothing
+            with pytest.warns(RuntimeWarning, match="never awaited"):
+                del pending
+                gc.collect()
+            free = mgr.lock("free").acquire_async()
+            with pytest.warns(RuntimeWarning, match="never awaited"):
+                del free
+                gc.collect()
+            assert not mgr.lock("free").locked()
         await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
         assert mgr.stats()["locks"] == 0
         assert await mgr.lock("s").acquire_async(timeout=0)
@@ -484,41 +455,31 @@ def test_sync_wait_on_loop_thread_behind_a_task_of_that_loop_raises_at_once(mgr:
     mgr.insert_session("s", 1)
 
     async def main() -> None:
-        got, release = asyncio.Event(), asyncio.Event()
-
-        async def holder() -> None:
-            async with mgr.lock("s"):
-                got.set()
-                await release.wait()
-
-        h = asyncio.create_task(holder())
-        await got.wait()
-        lk = mgr.lock("s")
-        with pytest.raises(LockDeadlock):
-            lk.acquire()
-        with pytest.raises(LockDeadlock):
-            lk.acquire(timeout=5)
-        with pytest.raises(LockDeadlock), mgr.lock("s"):
-            pass
-        with pytest.raises(LockDeadlock):
-            mgr.update("s", lambda v: v + 1)
-        assert lk.acquire(blocking=False) is False  # not a wait: just busy
-
-        # a loop callback (not a task) on this thread is no better off
-        seen: list[BaseException] = []
-
-        def callback() -> None:
-            try:
+        async with held_by_task(mgr.lock("s")):
+            lk = mgr.lock("s")
+            with pytest.raises(LockDeadlock):
                 lk.acquire()
-            except LockDeadlock as e:
-                seen.append(e)
+            with pytest.raises(LockDeadlock):
+                lk.acquire(timeout=5)
+            with pytest.raises(LockDeadlock), mgr.lock("s"):
+                pass
+            with pytest.raises(LockDeadlock):
+                mgr.update("s", lambda v: v + 1)
+            assert lk.acquire(blocking=False) is False  # not a wait: just busy
 
-        asyncio.get_running_loop().call_soon(callback)
-        await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
-        await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
-        assert len(seen) == 1
-        release.set()
-        await h
+            # a loop callback (not a task) on this thread is no better off
+            seen: list[BaseException] = []
+
+            def callback() -> None:
+                try:
+                    lk.acquire()
+                except LockDeadlock as e:
+                    seen.append(e)
+
+            asyncio.get_running_loop().call_soon(callback)
+            await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
+            await asyncio.sleep(0)  # sleep-ok: a yield to the loop, not a wait
+            assert len(seen) == 1
         assert mgr.update("s", lambda v: v + 1) == 2  # free again: a sync call works
 
     run(main())
@@ -527,19 +488,9 @@ def test_sync_wait_on_loop_thread_behind_a_task_of_that_loop_raises_at_once(mgr:
 
 def test_get_or_create_on_loop_thread_behind_a_task_raises(mgr: Mgr) -> None:
     async def main() -> None:
-        got, release = asyncio.Event(), asyncio.Event()
-
-        async def holder() -> None:
-            async with mgr.lock("k"):
-                got.set()
-                await release.wait()
-
-        h = asyncio.create_task(holder())
-        await got.wait()
-        with pytest.raises(LockDeadlock):
-            mgr.get_or_create("k", dict)
-        release.set()
-        await h
+        async with held_by_task(mgr.lock("k")):
+            with pytest.raises(LockDeadlock):
+                mgr.get_or_create("k", dict)
 
     run(main())
     assert "k" not in mgr
