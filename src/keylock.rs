@@ -1,24 +1,46 @@
-//! Per-key re-entrant locks with a FIFO wait queue shared by threads and asyncio tasks.
+//! Per-key re-entrant locks with a FIFO wait queue shared by threads and asyncio tasks, and
+//! eventual fairness as in `parking_lot`.
 //!
 //! Pure Rust, generic over the waiter payload `W` (how to wake a waiter is the binding's
 //! business: a condvar for a thread, an asyncio future for a task).
 //!
-//! Invariants:
-//! - A key has an entry in the table only while someone holds it (`count > 0`); the entry
-//!   is removed by the release that frees it. So no lock state survives for keys nobody
-//!   holds or waits on.
-//! - A queued waiter implies a holder: release hands the lock *directly* to the front
-//!   waiter (no barging), which is what makes the queue FIFO across both worlds.
+//! Fairness. A release that finds waiters either *hands the lock off* (the front waiter
+//! becomes the owner before it runs) or, while the front waiter has waited less than
+//! [`FAIR_AFTER`], *frees* it and nudges that waiter to come and take it: meanwhile a caller
+//! that finds the lock free may barge in. Strict hand-off forms a convoy under the GIL (each
+//! hand-off costs a wake-up while the releaser keeps running and soon needs the lock
+//! again); unbounded barging starves the queue. Bounding the barging window by the front
+//! waiter's age gives both throughput and a wait bound. Waiters whose payload cannot be
+//! nudged (asyncio tasks: a retry would cost a loop round trip) always get a hand-off.
+//!
+//! Invariants (all state of a key is guarded by its table entry's guard):
+//! - A key has an entry only while someone holds it or waits for it; the operation that
+//!   leaves it with `count == 0` and an empty queue removes it. So no lock state survives
+//!   for keys nobody holds or waits on.
+//! - Queued waiters are served in queue order: only the front waiter is ever nudged or
+//!   handed the lock, and waiters only join at the back.
+//! - `count == 0` with a non-empty queue means "free, front waiter nudged": the front waiter
+//!   is nudgeable and `nudged` is set. The front waiter (or a newcomer that finds it past
+//!   `FAIR_AFTER`, or a cancel that removes it) resolves that state; nobody else takes the
+//!   lock ahead of a front waiter older than `FAIR_AFTER`.
 //! - The table's guard is held only for the bookkeeping below; nothing here calls foreign
-//!   code, and waiters that leave the queue are returned to the caller (their payload may
-//!   hold Python objects, which must be dropped or woken after the guard is gone).
+//!   code. Waiters that leave the queue are returned to the caller (their payload may hold
+//!   Python objects, which must be dropped or woken after the guard is gone), except a
+//!   nudgeable payload, which is dropped in place (it must hold no Python object).
 //! - This module never touches the session store (lock order: store shard -> this table).
+//! - Exclusion comes from the table's guards (DashMap shard locks), never from the GIL.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
+
+/// A front waiter older than this is handed the lock at the next release instead of being
+/// overtaken by a barging caller (`parking_lot` switches to fair unlocking about every
+/// 0.5 ms).
+pub const FAIR_AFTER: Duration = Duration::from_micros(500);
 
 /// Who holds or waits: a thread, or an asyncio task (and the thread its loop runs on).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,11 +74,29 @@ impl Owner {
     }
 }
 
+/// What a waiter's payload offers besides being woken with the lock.
+pub trait Payload {
+    /// A handle that tells the waiter "the lock is free now, come and try".
+    type Nudge;
+    /// `None`: this waiter cannot retry by itself and is always handed the lock directly.
+    fn nudge(&self) -> Option<Self::Nudge>;
+}
+
+impl Payload for () {
+    type Nudge = ();
+    fn nudge(&self) -> Option<()> {
+        None
+    }
+}
+
 #[derive(Debug)]
 pub struct Waiter<W> {
     pub id: u64,
     pub owner: Owner,
     pub payload: W,
+    since: Instant,
+    /// Told that the lock is free (see the module invariants).
+    nudged: bool,
 }
 
 struct State<W> {
@@ -80,6 +120,15 @@ pub enum Outcome {
     Deadlock,
 }
 
+/// Who must be told after an operation (outside the guard).
+pub enum Next<W: Payload> {
+    Nobody,
+    /// The lock was handed to this waiter, which left the queue: wake it.
+    Granted(Waiter<W>),
+    /// The lock is free and this (still queued) front waiter should come and take it.
+    Nudge(W::Nudge),
+}
+
 pub enum Cancel<W> {
     /// The waiter was still queued and has been removed.
     Removed(Waiter<W>),
@@ -89,30 +138,87 @@ pub enum Cancel<W> {
     Gone,
 }
 
+/// Result of a nudged waiter's attempt ([`KeyLocks::retry`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// The waiter owns the lock now (it took it, or it had been handed to it).
+    Acquired,
+    /// Still held by someone else: the waiter stays queued where it was.
+    Wait,
+    /// The waiter is neither queued nor the owner (it was withdrawn).
+    Gone,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct NotOwned;
 
 pub struct KeyLocks<W> {
     table: DashMap<Box<str>, State<W>, RandomState>,
     next_waiter: AtomicU64,
+    /// [`FAIR_AFTER`] unless a test or benchmark chose another policy (nanoseconds).
+    fair_after_ns: AtomicU64,
 }
 
-impl<W> Default for KeyLocks<W> {
+impl<W: Payload> Default for KeyLocks<W> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<W> KeyLocks<W> {
+impl<W: Payload> State<W> {
+    /// Serves the front waiter of a lock that has just become free (`count == 0`): a hand-off
+    /// if it cannot barge or has waited long enough, else a nudge (once).
+    fn serve_front(&mut self, fair_after: Duration) -> Next<W> {
+        debug_assert_eq!(self.count, 0);
+        let Some(front) = self.queue.front_mut() else {
+            return Next::Nobody;
+        };
+        match front.payload.nudge() {
+            Some(nudge) if front.since.elapsed() < fair_after => {
+                if std::mem::replace(&mut front.nudged, true) {
+                    Next::Nobody // already told; it will come
+                } else {
+                    Next::Nudge(nudge)
+                }
+            }
+            _ => {
+                let next = self.queue.pop_front().expect("front exists");
+                self.owner = next.owner;
+                self.count = 1;
+                Next::Granted(next)
+            }
+        }
+    }
+}
+
+impl<W: Payload> KeyLocks<W> {
     #[must_use]
     pub fn new() -> Self {
+        Self::with_fairness(FAIR_AFTER)
+    }
+
+    /// `fair_after`: how long a front waiter may be overtaken (zero: strict FIFO hand-off;
+    /// `Duration::MAX`: unbounded barging). For tests and benchmarks of the policy itself.
+    #[must_use]
+    pub fn with_fairness(fair_after: Duration) -> Self {
         Self {
             table: DashMap::with_hasher(RandomState::default()),
             next_waiter: AtomicU64::new(1),
+            fair_after_ns: AtomicU64::new(u64::try_from(fair_after.as_nanos()).unwrap_or(u64::MAX)),
         }
     }
 
-    /// Number of keys with lock state (held ones).
+    /// Changes the fairness bound (see [`KeyLocks::with_fairness`]).
+    pub fn set_fairness(&self, fair_after: Duration) {
+        let ns = u64::try_from(fair_after.as_nanos()).unwrap_or(u64::MAX);
+        self.fair_after_ns.store(ns, Ordering::Relaxed);
+    }
+
+    fn fair_after(&self) -> Duration {
+        Duration::from_nanos(self.fair_after_ns.load(Ordering::Relaxed))
+    }
+
+    /// Number of keys with lock state (held or awaited ones).
     #[must_use]
     pub fn len(&self) -> usize {
         self.table.len()
@@ -131,14 +237,18 @@ impl<W> KeyLocks<W> {
     /// Re-entrancy depth of `owner` on `key` (0 if it does not hold it).
     #[must_use]
     pub fn depth(&self, key: &str, owner: Owner) -> u32 {
-        self.table
-            .get(key)
-            .map_or(0, |s| if s.owner == owner { s.count } else { 0 })
+        self.table.get(key).map_or(0, |s| {
+            if s.count > 0 && s.owner == owner {
+                s.count
+            } else {
+                0
+            }
+        })
     }
 
-    /// Takes `key` for `owner` if free or already owned by it; otherwise, with `wait`,
-    /// queues a waiter made by `payload`. `sync_on_loop` is the current thread's id when
-    /// the wait would block an event loop running on this thread.
+    /// Takes `key` for `owner` if free (and no front waiter is owed it) or already owned by
+    /// it; otherwise, with `wait`, queues a waiter made by `payload`. `sync_on_loop` is the
+    /// current thread's id when the wait would block an event loop running on this thread.
     pub fn acquire(
         &self,
         key: &str,
@@ -176,10 +286,23 @@ impl<W> KeyLocks<W> {
         payload: impl FnOnce() -> W,
     ) -> Outcome {
         if state.count == 0 {
-            // Freed but not yet removed by its releaser (see `release`).
-            state.owner = owner;
-            state.count = 1;
-            return Outcome::Acquired { reentered: false };
+            // Free; any queue has a nudged front waiter (see the invariants).
+            match state.queue.front() {
+                Some(front) if front.since.elapsed() >= self.fair_after() => {
+                    // It has been overtaken long enough: it gets the lock, we contend.
+                    let front = state.queue.pop_front().expect("front exists");
+                    state.owner = front.owner;
+                    state.count = 1;
+                    // Nudged, so it is awake and will find that it owns the lock; its
+                    // payload is nudgeable and holds no Python object (dropped here).
+                    drop(front);
+                }
+                _ => {
+                    state.owner = owner;
+                    state.count = 1;
+                    return Outcome::Acquired { reentered: false };
+                }
+            }
         }
         if state.owner == owner {
             state.count += 1;
@@ -200,13 +323,15 @@ impl<W> KeyLocks<W> {
             id,
             owner,
             payload: payload(),
+            since: Instant::now(),
+            nudged: false,
         });
         Outcome::Queued(id)
     }
 
-    /// Releases one level of `owner`'s hold. When the hold ends, the lock passes to the
-    /// front waiter, which is returned so that the caller can wake it (outside any lock).
-    pub fn release(&self, key: &str, owner: Owner) -> Result<Option<Waiter<W>>, NotOwned> {
+    /// Releases one level of `owner`'s hold. When the hold ends, the front waiter is handed
+    /// the lock or nudged (see the module doc); the caller tells it, outside any lock.
+    pub fn release(&self, key: &str, owner: Owner) -> Result<Next<W>, NotOwned> {
         let mut result = Err(NotOwned);
         self.table.remove_if_mut(key, |_, state| {
             if state.count == 0 || state.owner != owner {
@@ -214,37 +339,61 @@ impl<W> KeyLocks<W> {
             }
             state.count -= 1;
             if state.count > 0 {
-                result = Ok(None);
+                result = Ok(Next::Nobody);
                 return false;
             }
             state.computing = false;
-            if let Some(next) = state.queue.pop_front() {
-                state.owner = next.owner;
-                state.count = 1;
-                result = Ok(Some(next));
-                false
-            } else {
-                result = Ok(None);
-                true
-            }
+            result = Ok(state.serve_front(self.fair_after()));
+            state.count == 0 && state.queue.is_empty()
         });
         result
     }
 
-    /// Withdraws waiter `id` (timed out, cancelled, interrupted).
-    pub fn cancel(&self, key: &str, id: u64, owner: Owner) -> Cancel<W> {
+    /// A nudged waiter comes to take the lock: it gets it if it is free (or was handed to it
+    /// meanwhile); otherwise it keeps its place and waits for the next nudge or hand-off.
+    pub fn retry(&self, key: &str, id: u64, owner: Owner) -> Retry {
         let Some(mut state) = self.table.get_mut(key) else {
-            return Cancel::Gone;
+            return Retry::Gone;
         };
-        if let Some(pos) = state.queue.iter().position(|w| w.id == id) {
-            let waiter = state.queue.remove(pos).expect("position is in range");
-            return Cancel::Removed(waiter);
+        let state = &mut *state;
+        let front = state.queue.front().map(|w| w.id);
+        if front == Some(id) {
+            if state.count == 0 {
+                let me = state.queue.pop_front().expect("front exists");
+                state.owner = me.owner;
+                state.count = 1;
+                return Retry::Acquired;
+            }
+            // Someone barged in: the release that ends their hold serves us again.
+            state.queue.front_mut().expect("front exists").nudged = false;
+            return Retry::Wait;
         }
-        if state.count > 0 && state.owner == owner {
-            Cancel::Granted
+        if state.queue.iter().any(|w| w.id == id) {
+            Retry::Wait
+        } else if state.count > 0 && state.owner == owner {
+            Retry::Acquired
         } else {
-            Cancel::Gone
+            Retry::Gone
         }
+    }
+
+    /// Withdraws waiter `id` (timed out, cancelled, interrupted). If it was the nudged front
+    /// waiter of a free lock, the next one is served in its place (returned in `Next`).
+    pub fn cancel(&self, key: &str, id: u64, owner: Owner) -> (Cancel<W>, Next<W>) {
+        let mut out = (Cancel::Gone, Next::Nobody);
+        self.table.remove_if_mut(key, |_, state| {
+            if let Some(pos) = state.queue.iter().position(|w| w.id == id) {
+                let waiter = state.queue.remove(pos).expect("position is in range");
+                out.0 = Cancel::Removed(waiter);
+                if state.count == 0 {
+                    out.1 = state.serve_front(self.fair_after());
+                }
+            } else if state.count > 0 && state.owner == owner {
+                out.0 = Cancel::Granted;
+            }
+            state.count == 0 && state.queue.is_empty()
+        });
+        out
     }
 
     /// Marks (or clears) that `owner` runs a factory under `key`; returns the previous flag.
@@ -266,6 +415,13 @@ impl<W> KeyLocks<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Payload for u32 {
+        type Nudge = ();
+        fn nudge(&self) -> Option<()> {
+            None
+        }
+    }
 
     fn t(id: u64) -> Owner {
         Owner::thread(id)
@@ -290,12 +446,12 @@ mod tests {
             Outcome::Acquired { reentered: true }
         );
         assert_eq!(l.depth("k", t(1)), 2);
-        assert!(l.release("k", t(1)).unwrap().is_none());
+        assert!(matches!(l.release("k", t(1)).unwrap(), Next::Nobody));
         assert!(l.is_held("k"));
-        assert!(l.release("k", t(1)).unwrap().is_none());
+        assert!(matches!(l.release("k", t(1)).unwrap(), Next::Nobody));
         assert!(!l.is_held("k"));
         assert!(l.is_empty(), "no state for a key nobody holds");
-        assert_eq!(l.release("k", t(1)).unwrap_err(), NotOwned);
+        assert!(matches!(l.release("k", t(1)), Err(NotOwned)));
     }
 
     #[test]
@@ -310,13 +466,17 @@ mod tests {
         };
         assert!(a < b);
         assert_eq!(l.acquire("k", t(4), false, None, || 4), Outcome::Busy);
-        assert_eq!(l.release("k", t(2)).unwrap_err(), NotOwned);
-        let next = l.release("k", t(1)).unwrap().unwrap();
+        assert!(matches!(l.release("k", t(2)), Err(NotOwned)));
+        let Next::Granted(next) = l.release("k", t(1)).unwrap() else {
+            panic!("a waiter that cannot be nudged is handed the lock")
+        };
         assert_eq!((next.owner, next.payload), (t(2), 2));
         assert_eq!(l.depth("k", t(2)), 1);
-        let next = l.release("k", t(2)).unwrap().unwrap();
+        let Next::Granted(next) = l.release("k", t(2)).unwrap() else {
+            panic!()
+        };
         assert_eq!(next.owner, task(3, 9));
-        assert!(l.release("k", task(3, 9)).unwrap().is_none());
+        assert!(matches!(l.release("k", task(3, 9)).unwrap(), Next::Nobody));
         assert!(l.is_empty());
     }
 
@@ -330,10 +490,10 @@ mod tests {
         let Outcome::Queued(b) = l.acquire("k", t(3), true, None, || 3) else {
             panic!()
         };
-        assert!(matches!(l.cancel("k", a, t(2)), Cancel::Removed(w) if w.payload == 2));
-        assert!(matches!(l.cancel("k", a, t(2)), Cancel::Gone));
+        assert!(matches!(l.cancel("k", a, t(2)).0, Cancel::Removed(w) if w.payload == 2));
+        assert!(matches!(l.cancel("k", a, t(2)).0, Cancel::Gone));
         l.release("k", t(1)).unwrap();
-        assert!(matches!(l.cancel("k", b, t(3)), Cancel::Granted));
+        assert!(matches!(l.cancel("k", b, t(3)).0, Cancel::Granted));
         l.release("k", t(3)).unwrap();
         assert!(l.is_empty());
     }
@@ -390,51 +550,140 @@ mod tests {
         assert!(!l.is_computing("k"));
     }
 
+    /// A thread waiter's signal for the tests: 0 nothing, 1 nudged, 2 granted.
+    #[derive(Clone, Default)]
+    struct Sig(std::sync::Arc<(parking_lot::Mutex<u8>, parking_lot::Condvar)>);
+
+    impl Sig {
+        fn post(&self, v: u8) {
+            let mut g = self.0 .0.lock();
+            *g = (*g).max(v);
+            self.0 .1.notify_one();
+        }
+        fn take(&self) -> u8 {
+            let mut g = self.0 .0.lock();
+            while *g == 0 {
+                self.0 .1.wait(&mut g);
+            }
+            std::mem::take(&mut *g)
+        }
+    }
+
+    impl Payload for Sig {
+        type Nudge = Sig;
+        fn nudge(&self) -> Option<Sig> {
+            Some(self.clone())
+        }
+    }
+
+    #[test]
+    fn young_front_waiter_is_nudged_and_may_be_overtaken() {
+        let l: KeyLocks<Sig> = KeyLocks::with_fairness(Duration::MAX);
+        l.acquire("k", t(1), true, None, Sig::default);
+        let Outcome::Queued(a) = l.acquire("k", t(2), true, None, Sig::default) else {
+            panic!()
+        };
+        let Outcome::Queued(b) = l.acquire("k", t(3), true, None, Sig::default) else {
+            panic!()
+        };
+        assert!(matches!(l.release("k", t(1)).unwrap(), Next::Nudge(_)));
+        assert!(!l.is_held("k"));
+        // a caller that finds it free barges in; the nudged waiter keeps its place
+        assert_eq!(
+            l.acquire("k", t(4), false, None, Sig::default),
+            Outcome::Acquired { reentered: false }
+        );
+        assert_eq!(l.retry("k", b, t(3)), Retry::Wait, "not the front waiter");
+        assert_eq!(l.retry("k", a, t(2)), Retry::Wait);
+        assert!(matches!(l.release("k", t(4)).unwrap(), Next::Nudge(_)));
+        assert_eq!(l.retry("k", a, t(2)), Retry::Acquired);
+        // the front waiter withdrawing while nudged passes the nudge on
+        assert!(matches!(l.release("k", t(2)).unwrap(), Next::Nudge(_)));
+        let (c, next) = l.cancel("k", b, t(3));
+        assert!(matches!(c, Cancel::Removed(_)));
+        assert!(matches!(next, Next::Nobody));
+        assert!(l.is_empty());
+    }
+
+    #[test]
+    fn old_front_waiter_is_handed_the_lock() {
+        let l: KeyLocks<Sig> = KeyLocks::with_fairness(Duration::ZERO);
+        l.acquire("k", t(1), true, None, Sig::default);
+        let Outcome::Queued(a) = l.acquire("k", t(2), true, None, Sig::default) else {
+            panic!()
+        };
+        let Next::Granted(w) = l.release("k", t(1)).unwrap() else {
+            panic!("past the fairness bound: a direct hand-off")
+        };
+        assert_eq!(w.owner, t(2));
+        assert_eq!(
+            l.acquire("k", t(4), false, None, Sig::default),
+            Outcome::Busy
+        );
+        assert_eq!(l.retry("k", a, t(2)), Retry::Acquired);
+        l.release("k", t(2)).unwrap();
+        assert!(l.is_empty());
+
+        // nudged while young, then too old: a newcomer hands it over instead of barging
+        let l: KeyLocks<Sig> = KeyLocks::with_fairness(Duration::from_millis(20));
+        l.acquire("k", t(1), true, None, Sig::default);
+        let Outcome::Queued(a) = l.acquire("k", t(2), true, None, Sig::default) else {
+            panic!()
+        };
+        assert!(matches!(l.release("k", t(1)).unwrap(), Next::Nudge(_)));
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(matches!(
+            l.acquire("k", t(3), true, None, Sig::default),
+            Outcome::Queued(_)
+        ));
+        assert_eq!(l.depth("k", t(2)), 1);
+        assert_eq!(l.retry("k", a, t(2)), Retry::Acquired);
+    }
+
     #[test]
     fn threads_exclude_each_other() {
         use std::sync::Arc;
-        type Sig = Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>;
-        let l: Arc<KeyLocks<Sig>> = Arc::new(KeyLocks::new());
-        let counter = Arc::new(parking_lot::Mutex::new((0u64, false)));
-        let handles: Vec<_> = (0..4u64)
-            .map(|i| {
-                let (l, counter) = (l.clone(), counter.clone());
-                std::thread::spawn(move || {
-                    let me = t(i + 1);
-                    for _ in 0..2000 {
-                        let sig =
-                            Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new()));
-                        let s2 = sig.clone();
-                        if let Outcome::Queued(_) = l.acquire("k", me, true, None, move || s2) {
-                            let mut g = sig.0.lock();
-                            while !*g {
-                                sig.1.wait(&mut g);
+        for fair_after in [Duration::ZERO, FAIR_AFTER, Duration::MAX] {
+            let l: Arc<KeyLocks<Sig>> = Arc::new(KeyLocks::with_fairness(fair_after));
+            let counter = Arc::new(parking_lot::Mutex::new((0u64, false)));
+            let handles: Vec<_> = (0..4u64)
+                .map(|i| {
+                    let (l, counter) = (l.clone(), counter.clone());
+                    std::thread::spawn(move || {
+                        let me = t(i + 1);
+                        for _ in 0..2000 {
+                            let sig = Sig::default();
+                            let s2 = sig.clone();
+                            if let Outcome::Queued(id) = l.acquire("k", me, true, None, move || s2)
+                            {
+                                while sig.take() != 2 && l.retry("k", id, me) != Retry::Acquired {}
+                            }
+                            {
+                                let mut c = counter.lock();
+                                assert!(!c.1, "two holders at once");
+                                c.1 = true;
+                            }
+                            let v = counter.lock().0;
+                            std::thread::yield_now();
+                            {
+                                let mut c = counter.lock();
+                                c.0 = v + 1;
+                                c.1 = false;
+                            }
+                            match l.release("k", me).unwrap() {
+                                Next::Granted(next) => next.payload.post(2),
+                                Next::Nudge(s) => s.post(1),
+                                Next::Nobody => {}
                             }
                         }
-                        {
-                            let mut c = counter.lock();
-                            assert!(!c.1, "two holders at once");
-                            c.1 = true;
-                        }
-                        let v = counter.lock().0;
-                        std::thread::yield_now();
-                        {
-                            let mut c = counter.lock();
-                            c.0 = v + 1;
-                            c.1 = false;
-                        }
-                        if let Some(next) = l.release("k", me).unwrap() {
-                            *next.payload.0.lock() = true;
-                            next.payload.1.notify_one();
-                        }
-                    }
+                    })
                 })
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap();
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            assert_eq!(counter.lock().0, 8000);
+            assert!(l.is_empty());
         }
-        assert_eq!(counter.lock().0, 8000);
-        assert!(l.is_empty());
     }
 }

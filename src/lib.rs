@@ -36,6 +36,7 @@ fn _sessionlock(m: &Bound<'_, PyModule>) -> PyResult<()> {
         .import("atexit")?
         .call_method1("register", (shutdown,))?;
     m.add_class::<manager::PyManager>()?;
+    m.add_function(wrap_pyfunction!(manager::_set_lock_fairness, m)?)?;
     m.add_class::<session_lock::PySessionLock>()?;
     m.add_class::<redis_lock::PyRedisLock>()?;
     m.add_class::<redis_lock::PyRecommendationLock>()?;

@@ -24,7 +24,7 @@ use pyo3::types::{PyDict, PyString, PyType};
 
 use crate::config;
 use crate::errors::{Error, Result};
-use crate::keylock::{Cancel, KeyLocks, Outcome, Owner, Waiter};
+use crate::keylock::{Cancel, KeyLocks, Next, Outcome, Owner, Payload, Retry, Waiter};
 use crate::pyglue::{self, current_owner, thread_id};
 use crate::session_lock::PySessionLock;
 use crate::store::{now_ns, Get, Insert, Remove, Store, Ttl};
@@ -40,25 +40,54 @@ pub enum Wake {
     },
 }
 
+/// A waiting thread's mailbox: `NUDGED` (the lock is free, come and try) or `GRANTED` (the
+/// lock was handed to you). Invariant: only the thread's own wait loop clears it, and it
+/// clears a nudge *before* asking the key-lock table again, so a nudge posted after that
+/// question is never lost.
 #[derive(Default, Debug)]
 pub struct Signal {
-    granted: Mutex<bool>,
+    state: Mutex<(u8, Option<Instant>)>,
     cv: Condvar,
 }
 
+const NUDGED: u8 = 1;
+const GRANTED: u8 = 2;
+
 impl Signal {
-    fn grant(&self) {
-        *self.granted.lock() = true;
+    fn post(&self, what: u8) {
+        let mut s = self.state.lock();
+        if what == GRANTED {
+            s.1 = Some(Instant::now());
+        }
+        s.0 = s.0.max(what);
         self.cv.notify_one();
     }
 
-    /// Waits up to `step`; true once granted. Called with the GIL released.
-    fn wait(&self, step: Duration) -> bool {
-        let mut g = self.granted.lock();
-        if !*g {
-            self.cv.wait_for(&mut g, step);
+    /// Waits up to `step` for a post and takes it (0: none), with the time of a hand-off.
+    /// Called with the GIL released.
+    fn wait(&self, step: Duration) -> (u8, Option<Instant>) {
+        let mut s = self.state.lock();
+        if s.0 == 0 {
+            self.cv.wait_for(&mut s, step);
         }
-        *g
+        if s.0 == GRANTED {
+            *s // final: nothing can follow a hand-off
+        } else {
+            (std::mem::take(&mut s.0), None)
+        }
+    }
+}
+
+impl Payload for Wake {
+    type Nudge = Arc<Signal>;
+
+    /// Threads may be nudged; asyncio tasks are always handed the lock (a retry would cost
+    /// them a round trip through their loop).
+    fn nudge(&self) -> Option<Arc<Signal>> {
+        match self {
+            Wake::Thread(s) => Some(s.clone()),
+            Wake::Task { .. } => None,
+        }
     }
 }
 
@@ -76,7 +105,17 @@ pub struct Stats {
     pub lock_contended: AtomicU64,
     pub lock_timeouts: AtomicU64,
     pub lock_wait_ns: AtomicU64,
+    /// The longest single wait for a session lock.
+    pub lock_wait_max_ns: AtomicU64,
     pub factory_runs: AtomicU64,
+}
+
+impl Stats {
+    pub fn record_wait(&self, waited: Duration) {
+        let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.lock_wait_ns.fetch_add(ns, Ordering::Relaxed);
+        self.lock_wait_max_ns.fetch_max(ns, Ordering::Relaxed);
+    }
 }
 
 fn bump(c: &AtomicU64) {
@@ -170,8 +209,17 @@ impl Inner {
         }
     }
 
-    /// Amortized expiry: at most one shard is swept per call, and only when its turn is due,
-    /// so every shard is visited about twice per (shortest) TTL.
+    /// Amortized expiry: at most one shard is swept per call, and only when a sweep is due;
+    /// the schedule has one sweep per `step`, so every shard is visited about twice per
+    /// (shortest) TTL.
+    ///
+    /// Catching up with wall time: a sweep advances the schedule by one step from where it
+    /// was, not from `now`, so after an idle spell the schedule lags behind the clock and
+    /// every call sweeps the next shard until it has caught up. The lag is capped at one
+    /// full cycle of shards (which reclaims everything that expired), so the first
+    /// `shard_count()` calls after any idle spell reclaim it all, each paying for one shard
+    /// only: no latency cliff. `next_sweep` is claimed by compare-and-swap, so concurrent
+    /// callers sweep distinct turns (no reliance on the GIL).
     fn housekeep(&self, py: Python<'_>, now: u64, ttl: Ttl) {
         if !ttl.is_enabled() {
             return;
@@ -185,10 +233,12 @@ impl Inner {
             (i, 0) => i,
             (i, a) => i.min(a),
         };
-        let step = (shortest / (2 * self.store.shard_count() as u64)).max(1_000_000);
+        let shards = self.store.shard_count() as u64;
+        let step = (shortest / (2 * shards)).max(1_000_000);
+        let next = due.max(now.saturating_sub(shards * step)) + step;
         if self
             .next_sweep
-            .compare_exchange(due, now + step, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
             .is_err()
         {
             return; // another caller took this turn
@@ -346,28 +396,44 @@ impl Inner {
         let signal = signal.expect("a queued waiter has a signal");
         let start = Instant::now();
         let deadline = timeout.map(|t| start + Duration::from_secs_f64(t));
+        let mut owned_at = None;
         let granted = loop {
             let step = deadline.map_or(WAIT_STEP, |d| {
                 d.saturating_duration_since(Instant::now()).min(WAIT_STEP)
             });
             let sig = signal.clone();
-            if py.detach(move || sig.wait(step)) {
-                break Ok(true);
+            match py.detach(move || sig.wait(step)) {
+                (GRANTED, at) => {
+                    owned_at = at;
+                    break Ok(true);
+                }
+                // Back with the GIL, so a lock taken now is used at once (no convoy).
+                (NUDGED, _) => match self.locks.retry(key, id, owner) {
+                    Retry::Acquired => break Ok(true),
+                    Retry::Wait => {}
+                    Retry::Gone => unreachable!("only this thread withdraws its waiter"),
+                },
+                _ => {}
             }
             if let Err(err) = py.check_signals() {
                 self.abandon(py, key, id, owner);
                 break Err(Error::Py(err));
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                break Ok(match self.locks.cancel(key, id, owner) {
+                let (cancel, next) = self.locks.cancel(key, id, owner);
+                self.tell(py, key, next);
+                break Ok(match cancel {
                     Cancel::Removed(_) | Cancel::Gone => false,
                     Cancel::Granted => true,
                 });
             }
         };
-        self.stats
-            .lock_wait_ns
-            .fetch_add(start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        // Until the lock was ours: a hand-off counts when it was made, not when this thread
+        // got the GIL back.
+        let waited = owned_at
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(start);
+        self.stats.record_wait(waited);
         match granted {
             Ok(true) => {
                 bump(&self.stats.lock_acquires);
@@ -381,7 +447,9 @@ impl Inner {
 
     /// Withdraws a waiter that gives up; if the lock was handed to it meanwhile, passes it on.
     pub fn abandon(&self, py: Python<'_>, key: &str, id: u64, owner: Owner) {
-        match self.locks.cancel(key, id, owner) {
+        let (cancel, next) = self.locks.cancel(key, id, owner);
+        self.tell(py, key, next);
+        match cancel {
             Cancel::Removed(waiter) => drop(waiter),
             Cancel::Granted => {
                 let _ = self.release(py, key, owner);
@@ -426,26 +494,36 @@ impl Inner {
             let only_absolute = Ttl { idle_ns: 0, ..ttl };
             let _ = self.store.touch(key, now_ns(), only_absolute);
         }
-        let mut current = owner;
-        let mut first = true;
+        match self.locks.release(key, owner) {
+            Err(_) => Err(Error::NotOwned(format!(
+                "cannot release the lock of session {key:?}: not held by this thread or task"
+            ))),
+            Ok(next) => {
+                self.tell(py, key, next);
+                Ok(())
+            }
+        }
+    }
+
+    /// Tells the waiter a release or cancel served (outside every lock). A waiter handed
+    /// the lock that can no longer be woken (its loop closed) is skipped: the lock moves on.
+    pub fn tell(&self, py: Python<'_>, key: &str, next: Next<Wake>) {
+        let mut next = next;
         loop {
-            match self.locks.release(key, current) {
-                Err(_) if first => {
-                    return Err(Error::NotOwned(format!(
-                    "cannot release the lock of session {key:?}: not held by this thread or task"
-                )))
-                }
-                Err(_) | Ok(None) => break,
-                Ok(Some(waiter)) => {
+            match next {
+                Next::Nobody => return,
+                Next::Nudge(signal) => return signal.post(NUDGED),
+                Next::Granted(waiter) => {
                     if wake(py, &waiter) {
-                        break;
+                        return;
                     }
-                    current = waiter.owner;
+                    match self.locks.release(key, waiter.owner) {
+                        Ok(n) => next = n,
+                        Err(_) => return,
+                    }
                 }
             }
-            first = false;
         }
-        Ok(())
     }
 }
 
@@ -453,7 +531,7 @@ impl Inner {
 fn wake(py: Python<'_>, waiter: &Waiter<Wake>) -> bool {
     match &waiter.payload {
         Wake::Thread(signal) => {
-            signal.grant();
+            signal.post(GRANTED);
             true
         }
         Wake::Task { fut, event_loop } => {
@@ -798,6 +876,7 @@ impl PyManager {
             ("lock_contended", &s.lock_contended),
             ("lock_timeouts", &s.lock_timeouts),
             ("lock_wait_ns", &s.lock_wait_ns),
+            ("lock_wait_max_ns", &s.lock_wait_max_ns),
             ("factory_runs", &s.factory_runs),
         ] {
             d.set_item(name, c.load(Ordering::Relaxed))?;
@@ -847,4 +926,18 @@ impl PyManager {
     pub fn context(inner: &Inner, py: Python<'_>, key: &str) -> Py<PyAny> {
         inner.get(py, key, false).unwrap_or_else(|| py.None())
     }
+}
+
+/// For tests and benchmarks of the lock policy, not API: how long a queued thread waiter of
+/// `manager` may be overtaken before it is handed the lock (0: strict FIFO hand-off; None:
+/// unbounded barging). A module function, so that `BaseSessionManager` has no extra method.
+#[pyfunction]
+#[pyo3(signature = (manager, seconds))]
+pub fn _set_lock_fairness(manager: &Bound<'_, PyManager>, seconds: Option<f64>) -> Result<()> {
+    let fair = match config::optional_timeout("seconds", seconds)? {
+        None => Duration::MAX,
+        Some(s) => Duration::from_secs_f64(s),
+    };
+    manager.get().inner.locks.set_fairness(fair);
+    Ok(())
 }

@@ -478,9 +478,7 @@ impl PyAcquire {
         }
         self.cancel_timer(py);
         let stats = &self.inner.stats;
-        stats
-            .lock_wait_ns
-            .fetch_add(self.start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        stats.record_wait(self.start.elapsed());
         if !acquired {
             stats.lock_timeouts.fetch_add(1, Ordering::Relaxed);
             if self.want_context {
@@ -554,9 +552,9 @@ struct WaiterTimeout {
 #[pymethods]
 impl WaiterTimeout {
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        if let crate::keylock::Cancel::Removed(waiter) =
-            self.inner.locks.cancel(&self.key, self.id, self.owner)
-        {
+        let (cancel, next) = self.inner.locks.cancel(&self.key, self.id, self.owner);
+        self.inner.tell(py, &self.key, next);
+        if let crate::keylock::Cancel::Removed(waiter) = cancel {
             drop(waiter);
             let fut = self.fut.bind(py);
             if !fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
