@@ -1,5 +1,6 @@
 //! sessionlock's native core. This file only wires the module; each concept lives in its
-//! own file: `store` (session map), `keylock` (per-key FIFO locks), `manager`
+//! own file: `store` (session map), `key` (stored ids, located once per call), `keylock`
+//! (per-key FIFO locks), `manager`
 //! (BaseSessionManager), `session_lock` (SessionLock and its awaitable), `errors`,
 //! `config` (argument rules), `pyglue` (asking Python who runs), `random` (fork-safe ids and tokens), and the distributed lock:
 //! `redis_lock` (RedisLock and its handles), `redis_scripts` (the Lua protocol),
@@ -9,6 +10,7 @@
 
 pub mod config;
 pub mod errors;
+pub mod key;
 pub mod keylock;
 pub mod local_lock;
 pub mod manager;

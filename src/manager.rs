@@ -24,6 +24,7 @@ use pyo3::types::{PyDict, PyString, PyType};
 
 use crate::config;
 use crate::errors::{Error, Result};
+use crate::key::Loc;
 use crate::keylock::{Cancel, KeyLocks, Next, Outcome, Owner, Payload, Retry, Waiter};
 use crate::pyglue::{self, current_owner, thread_id};
 use crate::session_lock::PySessionLock;
@@ -169,14 +170,14 @@ impl Inner {
         }
     }
 
-    fn held(&self) -> impl Fn(&str) -> bool + '_ {
-        |k: &str| self.locks.is_held(k)
+    fn held(&self) -> impl Fn(&Loc<'_>) -> bool + '_ {
+        |k: &Loc<'_>| self.locks.is_held(k)
     }
 
     // ---- reading -------------------------------------------------------------------------
 
     /// The live value of `key` (pinned-but-expired counts as live), reclaiming it if expired.
-    pub fn get(&self, py: Python<'_>, key: &str, count: bool) -> Option<Py<PyAny>> {
+    pub fn get(&self, py: Python<'_>, key: &Loc<'_>, count: bool) -> Option<Py<PyAny>> {
         let ttl = self.ttl();
         let now = self.now(ttl);
         let found = match self.store.get(key, now, ttl, true, |v| v.clone_ref(py)) {
@@ -203,7 +204,7 @@ impl Inner {
         found
     }
 
-    fn reclaim_expired(&self, py: Python<'_>, key: &str, now: u64, ttl: Ttl) {
+    fn reclaim_expired(&self, py: Python<'_>, key: &Loc<'_>, now: u64, ttl: Ttl) {
         if let Some(gone) = self.store.remove_if_expired(key, now, ttl, &self.held()) {
             self.notify(py, vec![gone], "expired");
         }
@@ -281,7 +282,7 @@ impl Inner {
     fn insert(
         &self,
         py: Python<'_>,
-        key: &str,
+        key: &Loc<'_>,
         value: Py<PyAny>,
         overwrite: bool,
     ) -> Insert<Py<PyAny>> {
@@ -309,12 +310,12 @@ impl Inner {
     /// recently used of all, yet the sampling could pick it when its shard holds little
     /// else, and an insert must never evict the session it has just stored (create_session
     /// would hand out a dead id).
-    fn enforce_capacity(&self, py: Python<'_>, spare: &str) {
+    fn enforce_capacity(&self, py: Python<'_>, spare: &Loc<'_>) {
         let max = self.max_sessions.load(Ordering::Relaxed);
         if max == 0 {
             return;
         }
-        let pinned = |k: &str| k == spare || self.locks.is_held(k);
+        let pinned = |k: &Loc<'_>| k == spare || self.locks.is_held(k);
         let mut gone = Vec::new();
         while self.store.len() > max {
             match self.store.evict_one(&pinned) {
@@ -325,7 +326,7 @@ impl Inner {
         self.notify(py, gone, "evicted");
     }
 
-    fn remove(&self, py: Python<'_>, key: &str) -> Option<Py<PyAny>> {
+    fn remove(&self, py: Python<'_>, key: &Loc<'_>) -> Option<Py<PyAny>> {
         let ttl = self.ttl();
         let now = self.now(ttl);
         let removed = match self.store.remove(key, now, ttl, &self.held()) {
@@ -361,7 +362,7 @@ impl Inner {
     pub fn acquire_sync(
         &self,
         py: Python<'_>,
-        key: &str,
+        key: &Loc<'_>,
         owner: Owner,
         timeout: Option<f64>,
     ) -> Result<bool> {
@@ -446,7 +447,7 @@ impl Inner {
     }
 
     /// Withdraws a waiter that gives up; if the lock was handed to it meanwhile, passes it on.
-    pub fn abandon(&self, py: Python<'_>, key: &str, id: u64, owner: Owner) {
+    pub fn abandon(&self, py: Python<'_>, key: &Loc<'_>, id: u64, owner: Owner) {
         let (cancel, next) = self.locks.cancel(key, id, owner);
         self.tell(py, key, next);
         match cancel {
@@ -462,7 +463,7 @@ impl Inner {
     /// session against expiring *during* the hold; it must not revive one that had already
     /// expired before the hold began (update() would write to it, `with` would return it),
     /// so such a session is reclaimed now.
-    pub fn begin_hold(&self, py: Python<'_>, key: &str) {
+    pub fn begin_hold(&self, py: Python<'_>, key: &Loc<'_>) {
         let ttl = self.ttl();
         if !ttl.is_enabled() {
             return;
@@ -484,7 +485,7 @@ impl Inner {
 
     /// Releases one level of `owner`'s hold and wakes whoever the lock was handed to. A
     /// waiter that can no longer be woken (its loop closed) is skipped: the lock moves on.
-    pub fn release(&self, py: Python<'_>, key: &str, owner: Owner) -> Result<()> {
+    pub fn release(&self, py: Python<'_>, key: &Loc<'_>, owner: Owner) -> Result<()> {
         let ttl = self.ttl();
         if ttl.idle_ns != 0 && self.locks.depth(key, owner) == 1 {
             // The session was in use until now, so its idle clock restarts at the release.
@@ -507,7 +508,7 @@ impl Inner {
 
     /// Tells the waiter a release or cancel served (outside every lock). A waiter handed
     /// the lock that can no longer be woken (its loop closed) is skipped: the lock moves on.
-    pub fn tell(&self, py: Python<'_>, key: &str, next: Next<Wake>) {
+    pub fn tell(&self, py: Python<'_>, key: &Loc<'_>, next: Next<Wake>) {
         let mut next = next;
         loop {
             match next {
@@ -646,7 +647,7 @@ impl PyManager {
         loop {
             let mut buf = uuid::Uuid::encode_buffer();
             let id = crate::random::uuid_v4().hyphenated().encode_lower(&mut buf);
-            match self.inner.insert(py, id, value, false) {
+            match self.inner.insert(py, &Loc::new(id), value, false) {
                 Insert::Present { rejected } => value = rejected, // a uuid4 collision: draw again
                 _ => return Ok(id.to_owned()),
             }
@@ -659,7 +660,7 @@ impl PyManager {
         session_id: &Bound<'_, PyAny>,
         context: Py<PyAny>,
     ) -> Result<bool> {
-        let key = self::session_id(session_id)?;
+        let key = &Loc::new(self::session_id(session_id)?);
         Ok(match self.inner.insert(py, key, context, false) {
             Insert::Inserted { .. } => true,
             Insert::Present { rejected } => {
@@ -677,7 +678,7 @@ impl PyManager {
         session_id: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> Result<Option<Py<PyAny>>> {
-        let key = self::session_id(session_id)?;
+        let key = &Loc::new(self::session_id(session_id)?);
         Ok(self.inner.get(py, key, true).or(default))
     }
 
@@ -695,7 +696,7 @@ impl PyManager {
         session_id: &Bound<'_, PyAny>,
         context: Py<PyAny>,
     ) -> Result<Option<Py<PyAny>>> {
-        let key = self::session_id(session_id)?;
+        let key = &Loc::new(self::session_id(session_id)?);
         Ok(match self.inner.insert(py, key, context, true) {
             Insert::Replaced { previous } => Some(previous),
             _ => None,
@@ -708,7 +709,7 @@ impl PyManager {
         session_id: &Bound<'_, PyAny>,
         factory: &Bound<'_, PyAny>,
     ) -> Result<Py<PyAny>> {
-        let key = self::session_id(session_id)?;
+        let key = &Loc::new(self::session_id(session_id)?);
         check_callable("factory", factory)?;
         let inner = &self.inner;
         if let Some(v) = inner.get(py, key, true) {
@@ -762,7 +763,7 @@ impl PyManager {
         session_id: &Bound<'_, PyAny>,
         r#fn: &Bound<'_, PyAny>,
     ) -> Result<Py<PyAny>> {
-        let key = self::session_id(session_id)?;
+        let key = &Loc::new(self::session_id(session_id)?);
         check_callable("fn", r#fn)?;
         let inner = &self.inner;
         let (owner, _) = current_owner(py)?;
@@ -802,7 +803,7 @@ impl PyManager {
     }
 
     fn delete_session(&self, py: Python<'_>, session_id: &Bound<'_, PyAny>) -> Result<bool> {
-        let key = self::session_id(session_id)?;
+        let key = &Loc::new(self::session_id(session_id)?);
         Ok(self.inner.remove(py, key).is_some())
     }
 
@@ -817,12 +818,12 @@ impl PyManager {
         session_id: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> Result<Option<Py<PyAny>>> {
-        let key = self::session_id(session_id)?;
+        let key = &Loc::new(self::session_id(session_id)?);
         Ok(self.inner.remove(py, key).or(default))
     }
 
     fn touch(&self, py: Python<'_>, session_id: &Bound<'_, PyAny>) -> Result<bool> {
-        let key = self::session_id(session_id)?;
+        let key = &Loc::new(self::session_id(session_id)?);
         Ok(self.inner.get(py, key, false).is_some())
     }
 
@@ -832,7 +833,7 @@ impl PyManager {
         session_id: &Bound<'_, PyAny>,
         timeout: Option<f64>,
     ) -> Result<PySessionLock> {
-        let key = self::session_id(session_id)?;
+        let key = &Loc::new(self::session_id(session_id)?);
         let timeout = config::optional_timeout("timeout", timeout)?;
         Ok(PySessionLock::new(
             slf.clone().into_any().unbind(),
@@ -893,7 +894,7 @@ impl PyManager {
 
     fn __contains__(&self, py: Python<'_>, session_id: &Bound<'_, PyAny>) -> bool {
         match self::session_id(session_id) {
-            Ok(key) => self.inner.get(py, key, false).is_some(),
+            Ok(key) => self.inner.get(py, &Loc::new(key), false).is_some(),
             Err(_) => false,
         }
     }
@@ -923,7 +924,7 @@ impl PyManager {
 
 impl PyManager {
     /// Used by `SessionLock.__enter__`: the current context without counting a hit.
-    pub fn context(inner: &Inner, py: Python<'_>, key: &str) -> Py<PyAny> {
+    pub fn context(inner: &Inner, py: Python<'_>, key: &Loc<'_>) -> Py<PyAny> {
         inner.get(py, key, false).unwrap_or_else(|| py.None())
     }
 }

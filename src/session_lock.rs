@@ -27,6 +27,7 @@ use pyo3::types::{PyTuple, PyType};
 
 use crate::config;
 use crate::errors::{Error, Result};
+use crate::key::{Loc, OwnedLoc};
 use crate::keylock::{Outcome, Owner};
 use crate::manager::{Inner, PyManager, Wake};
 use crate::pyglue::current_owner;
@@ -71,7 +72,7 @@ pub fn ready(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
 #[pyclass(frozen, module = "sessionlock._sessionlock")]
 struct Starter {
     inner: Arc<Inner>,
-    key: Box<str>,
+    key: OwnedLoc,
     owner: Owner,
     event_loop: Py<PyAny>,
     timeout: Option<f64>,
@@ -86,7 +87,7 @@ impl Starter {
             match PyAcquire::start_for(
                 py,
                 &self.inner,
-                &self.key,
+                &self.key.loc(),
                 self.owner,
                 self.event_loop.bind(py),
                 self.timeout,
@@ -140,17 +141,17 @@ pub struct PySessionLock {
     /// `context -> its lock -> manager -> context`: through the `Arc` alone that cycle is
     /// invisible and a context that keeps its session's lock would never be freed.
     manager: Py<PyAny>,
-    key: Box<str>,
+    key: OwnedLoc,
     /// Bounds the wait of `with` / `async with` (None: forever).
     timeout: Option<f64>,
 }
 
 impl PySessionLock {
-    pub fn new(manager: Py<PyAny>, inner: Arc<Inner>, key: &str, timeout: Option<f64>) -> Self {
+    pub fn new(manager: Py<PyAny>, inner: Arc<Inner>, key: &Loc<'_>, timeout: Option<f64>) -> Self {
         Self {
             inner,
             manager,
-            key: key.into(),
+            key: OwnedLoc::new(key),
             timeout,
         }
     }
@@ -158,7 +159,7 @@ impl PySessionLock {
     fn timed_out(&self) -> Error {
         Error::Timeout(format!(
             "could not lock session {:?} within {}s",
-            self.key,
+            self.key.loc(),
             self.timeout.unwrap_or(0.0)
         ))
     }
@@ -172,8 +173,8 @@ impl PySessionLock {
     }
 
     #[getter]
-    fn session_id(&self) -> &str {
-        &self.key
+    fn session_id(&self) -> String {
+        self.key.to_string_lossless()
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> std::result::Result<(), PyTraverseError> {
@@ -193,37 +194,37 @@ impl PySessionLock {
         };
         let timeout = config::rlock_timeout(blocking, timeout)?;
         let (owner, _) = current_owner(py)?;
-        self.inner.acquire_sync(py, &self.key, owner, timeout)
+        self.inner.acquire_sync(py, &self.key.loc(), owner, timeout)
     }
 
     fn release(&self, py: Python<'_>) -> Result<()> {
         let (owner, _) = current_owner(py)?;
-        self.inner.release(py, &self.key, owner)
+        self.inner.release(py, &self.key.loc(), owner)
     }
 
     fn locked(&self) -> bool {
-        self.inner.locks.is_held(&self.key)
+        self.inner.locks.is_held(&self.key.loc())
     }
 
     /// Used by `threading.Condition`: whether the caller holds this lock.
     fn _is_owned(&self, py: Python<'_>) -> PyResult<bool> {
         let (owner, _) = current_owner(py)?;
-        Ok(self.inner.locks.depth(&self.key, owner) > 0)
+        Ok(self.inner.locks.depth(&self.key.loc(), owner) > 0)
     }
 
     #[pyo3(signature = (timeout=None))]
     fn acquire_async(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         let timeout = config::optional_timeout("timeout", timeout)?;
-        PyAcquire::start(py, &self.inner, &self.key, timeout, false)
+        PyAcquire::start(py, &self.inner, &self.key.loc(), timeout, false)
     }
 
     fn __enter__(&self, py: Python<'_>) -> Result<Py<PyAny>> {
         let (owner, _) = current_owner(py)?;
         if self
             .inner
-            .acquire_sync(py, &self.key, owner, self.timeout)?
+            .acquire_sync(py, &self.key.loc(), owner, self.timeout)?
         {
-            Ok(PyManager::context(&self.inner, py, &self.key))
+            Ok(PyManager::context(&self.inner, py, &self.key.loc()))
         } else {
             Err(self.timed_out())
         }
@@ -243,7 +244,7 @@ impl PySessionLock {
         match PyAcquire::start_for(
             py,
             &self.inner,
-            &self.key,
+            &self.key.loc(),
             owner,
             &event_loop,
             self.timeout,
@@ -261,7 +262,7 @@ impl PySessionLock {
     }
 
     fn __repr__(&self) -> String {
-        let state = if self.inner.locks.is_held(&self.key) {
+        let state = if self.inner.locks.is_held(&self.key.loc()) {
             "locked"
         } else {
             "unlocked"
@@ -275,7 +276,7 @@ impl PySessionLock {
 #[pyclass(frozen, module = "sessionlock._sessionlock", name = "_Acquire")]
 pub struct PyAcquire {
     inner: Arc<Inner>,
-    key: Box<str>,
+    key: OwnedLoc,
     owner: Owner,
     fut: Py<PyAny>,
     timer: Option<Py<PyAny>>,
@@ -298,7 +299,7 @@ impl PyAcquire {
     pub fn start(
         py: Python<'_>,
         inner: &Arc<Inner>,
-        key: &str,
+        key: &Loc<'_>,
         timeout: Option<f64>,
         want_context: bool,
     ) -> PyResult<Py<PyAny>> {
@@ -307,7 +308,7 @@ impl PyAcquire {
         let event_loop = event_loop.ok_or_else(no_running_loop)?;
         let starter = Starter {
             inner: inner.clone(),
-            key: key.into(),
+            key: OwnedLoc::new(key),
             owner,
             event_loop: event_loop.unbind(),
             timeout,
@@ -322,7 +323,7 @@ impl PyAcquire {
     fn start_for(
         py: Python<'_>,
         inner: &Arc<Inner>,
-        key: &str,
+        key: &Loc<'_>,
         owner: Owner,
         event_loop: &Bound<'_, PyAny>,
         timeout: Option<f64>,
@@ -390,7 +391,7 @@ impl PyAcquire {
                             t,
                             WaiterTimeout {
                                 inner: inner.clone(),
-                                key: key.into(),
+                                key: OwnedLoc::new(key),
                                 id,
                                 owner,
                                 fut: fut.clone().unbind(),
@@ -403,7 +404,7 @@ impl PyAcquire {
         };
         let pending = Self {
             inner: inner.clone(),
-            key: key.into(),
+            key: OwnedLoc::new(key),
             owner,
             fut: fut.unbind(),
             timer,
@@ -439,14 +440,14 @@ impl PyAcquire {
         {
             // Resolved: True means the lock is ours (hand it on), False means timed out.
             if fut.call_method0(pyo3::intern!(py, "result"))?.is_truthy()? {
-                self.inner.release(py, &self.key, self.owner)?;
+                self.inner.release(py, &self.key.loc(), self.owner)?;
             }
             return Ok(());
         }
         // Pending or cancelled: a hand-off may have happened under the key-lock guard
         // before its (scheduled) resolution, so ask the queue, not the future.
         let _ = fut.call_method0(pyo3::intern!(py, "cancel"));
-        self.inner.abandon(py, &self.key, self.id, self.owner);
+        self.inner.abandon(py, &self.key.loc(), self.id, self.owner);
         Ok(())
     }
 }
@@ -491,9 +492,9 @@ impl PyAcquire {
             return Err(PyStopIteration::new_err((false,)));
         }
         stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
-        self.inner.begin_hold(py, &self.key);
+        self.inner.begin_hold(py, &self.key.loc());
         let value = if self.want_context {
-            PyManager::context(&self.inner, py, &self.key)
+            PyManager::context(&self.inner, py, &self.key.loc())
         } else {
             true.into_pyobject(py)?.to_owned().into_any().unbind()
         };
@@ -543,7 +544,7 @@ impl Drop for PyAcquire {
 #[pyclass(frozen, module = "sessionlock._sessionlock")]
 struct WaiterTimeout {
     inner: Arc<Inner>,
-    key: Box<str>,
+    key: OwnedLoc,
     id: u64,
     owner: Owner,
     fut: Py<PyAny>,
@@ -552,8 +553,11 @@ struct WaiterTimeout {
 #[pymethods]
 impl WaiterTimeout {
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        let (cancel, next) = self.inner.locks.cancel(&self.key, self.id, self.owner);
-        self.inner.tell(py, &self.key, next);
+        let (cancel, next) = self
+            .inner
+            .locks
+            .cancel(&self.key.loc(), self.id, self.owner);
+        self.inner.tell(py, &self.key.loc(), next);
         if let crate::keylock::Cancel::Removed(waiter) = cancel {
             drop(waiter);
             let fut = self.fut.bind(py);
