@@ -9,6 +9,7 @@
 //! `session_scripts` (their Lua) and `session_value` (stored format and signature).
 
 pub mod config;
+pub mod counters;
 pub mod errors;
 pub mod key;
 pub mod keylock;

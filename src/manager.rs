@@ -23,6 +23,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyType};
 
 use crate::config;
+use crate::counters::{Counters, C};
 use crate::errors::{Error, Result};
 use crate::key::Loc;
 use crate::keylock::{Cancel, KeyLocks, Next, Outcome, Owner, Payload, Retry, Waiter};
@@ -96,31 +97,19 @@ impl Payload for Wake {
 const WAIT_STEP: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
-pub struct Stats {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub creates: AtomicU64,
-    pub expired: AtomicU64,
-    pub evicted: AtomicU64,
-    pub lock_acquires: AtomicU64,
-    pub lock_contended: AtomicU64,
-    pub lock_timeouts: AtomicU64,
-    pub lock_wait_ns: AtomicU64,
-    /// The longest single wait for a session lock.
-    pub lock_wait_max_ns: AtomicU64,
-    pub factory_runs: AtomicU64,
-}
+pub struct Stats(Counters);
 
 impl Stats {
+    #[inline]
+    pub fn bump(&self, c: C) {
+        self.0.add(c, 1);
+    }
+
     pub fn record_wait(&self, waited: Duration) {
         let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
-        self.lock_wait_ns.fetch_add(ns, Ordering::Relaxed);
-        self.lock_wait_max_ns.fetch_max(ns, Ordering::Relaxed);
+        self.0.add(C::LockWaitNs, ns);
+        self.0.raise(C::LockWaitMaxNs, ns);
     }
-}
-
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
 }
 
 pub struct Inner {
@@ -194,11 +183,8 @@ impl Inner {
             }
         };
         if count {
-            bump(if found.is_some() {
-                &self.stats.hits
-            } else {
-                &self.stats.misses
-            });
+            self.stats
+                .bump(if found.is_some() { C::Hits } else { C::Misses });
         }
         self.housekeep(py, now, ttl);
         found
@@ -255,11 +241,11 @@ impl Inner {
             return;
         }
         let counter = if reason == "expired" {
-            &self.stats.expired
+            C::Expired
         } else {
-            &self.stats.evicted
+            C::Evicted
         };
-        counter.fetch_add(gone.len() as u64, Ordering::Relaxed);
+        self.stats.0.add(counter, gone.len() as u64);
         let cb = self.on_evict.lock().as_ref().map(|c| c.clone_ref(py));
         for (key, value) in gone {
             if let Some(cb) = &cb {
@@ -296,7 +282,7 @@ impl Inner {
                 if let Some(old) = expired {
                     self.notify(py, vec![old], "expired");
                 }
-                bump(&self.stats.creates);
+                self.stats.bump(C::Creates);
                 self.enforce_capacity(py, key);
                 Insert::Inserted { expired: None }
             }
@@ -377,7 +363,7 @@ impl Inner {
         });
         let id = match outcome {
             Outcome::Acquired { reentered } => {
-                bump(&self.stats.lock_acquires);
+                self.stats.bump(C::LockAcquires);
                 if !reentered {
                     self.begin_hold(py, key);
                 }
@@ -393,7 +379,7 @@ impl Inner {
             }
             Outcome::Queued(id) => id,
         };
-        bump(&self.stats.lock_contended);
+        self.stats.bump(C::LockContended);
         let signal = signal.expect("a queued waiter has a signal");
         let start = Instant::now();
         let deadline = timeout.map(|t| start + Duration::from_secs_f64(t));
@@ -437,10 +423,10 @@ impl Inner {
         self.stats.record_wait(waited);
         match granted {
             Ok(true) => {
-                bump(&self.stats.lock_acquires);
+                self.stats.bump(C::LockAcquires);
                 self.begin_hold(py, key);
             }
-            Ok(false) => bump(&self.stats.lock_timeouts),
+            Ok(false) => self.stats.bump(C::LockTimeouts),
             Err(_) => {}
         }
         granted
@@ -730,7 +716,7 @@ impl PyManager {
                 return Ok(v);
             }
             inner.locks.set_computing(key, owner, true);
-            bump(&inner.stats.factory_runs);
+            inner.stats.bump(C::FactoryRuns);
             let made = factory.call0();
             inner.locks.set_computing(key, owner, false);
             let made = made?.unbind();
@@ -868,20 +854,20 @@ impl PyManager {
         d.set_item("sessions", self.__len__(py))?;
         d.set_item("locks", self.inner.locks.len())?;
         for (name, c) in [
-            ("hits", &s.hits),
-            ("misses", &s.misses),
-            ("creates", &s.creates),
-            ("expired", &s.expired),
-            ("evicted", &s.evicted),
-            ("lock_acquires", &s.lock_acquires),
-            ("lock_contended", &s.lock_contended),
-            ("lock_timeouts", &s.lock_timeouts),
-            ("lock_wait_ns", &s.lock_wait_ns),
-            ("lock_wait_max_ns", &s.lock_wait_max_ns),
-            ("factory_runs", &s.factory_runs),
+            ("hits", C::Hits),
+            ("misses", C::Misses),
+            ("creates", C::Creates),
+            ("expired", C::Expired),
+            ("evicted", C::Evicted),
+            ("lock_acquires", C::LockAcquires),
+            ("lock_contended", C::LockContended),
+            ("lock_timeouts", C::LockTimeouts),
+            ("lock_wait_ns", C::LockWaitNs),
+            ("factory_runs", C::FactoryRuns),
         ] {
-            d.set_item(name, c.load(Ordering::Relaxed))?;
+            d.set_item(name, s.0.sum(c))?;
         }
+        d.set_item("lock_wait_max_ns", s.0.max(C::LockWaitMaxNs))?;
         Ok(d)
     }
 

@@ -26,6 +26,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyTuple, PyType};
 
 use crate::config;
+use crate::counters::C;
 use crate::errors::{Error, Result};
 use crate::key::{Loc, OwnedLoc};
 use crate::keylock::{Outcome, Owner};
@@ -353,14 +354,14 @@ impl PyAcquire {
             unreachable!("wait=false never queues")
         }) {
             Outcome::Acquired { reentered } => {
-                inner.stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
+                inner.stats.bump(C::LockAcquires);
                 if !reentered {
                     inner.begin_hold(py, key); // reclaims a session that expired before
                 }
                 return settled(true);
             }
             _ if timeout == Some(0.0) => {
-                inner.stats.lock_timeouts.fetch_add(1, Ordering::Relaxed);
+                inner.stats.bump(C::LockTimeouts);
                 return settled(false);
             }
             _ => {}
@@ -372,7 +373,7 @@ impl PyAcquire {
         };
         let id = match inner.locks.acquire(key, owner, true, None, move || payload) {
             Outcome::Acquired { reentered } => {
-                inner.stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
+                inner.stats.bump(C::LockAcquires);
                 if !reentered {
                     inner.begin_hold(py, key);
                 }
@@ -381,7 +382,7 @@ impl PyAcquire {
             Outcome::Queued(id) => id,
             Outcome::Busy | Outcome::Deadlock => unreachable!("async waits always queue"),
         };
-        inner.stats.lock_contended.fetch_add(1, Ordering::Relaxed);
+        inner.stats.bump(C::LockContended);
         let timer = match timeout {
             Some(t) => Some(
                 event_loop
@@ -481,7 +482,7 @@ impl PyAcquire {
         let stats = &self.inner.stats;
         stats.record_wait(self.start.elapsed());
         if !acquired {
-            stats.lock_timeouts.fetch_add(1, Ordering::Relaxed);
+            stats.bump(C::LockTimeouts);
             if self.want_context {
                 return Err(Error::Timeout(format!(
                     "could not lock session {:?} in time",
@@ -491,7 +492,7 @@ impl PyAcquire {
             }
             return Err(PyStopIteration::new_err((false,)));
         }
-        stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
+        stats.bump(C::LockAcquires);
         self.inner.begin_hold(py, &self.key.loc());
         let value = if self.want_context {
             PyManager::context(&self.inner, py, &self.key.loc())
