@@ -39,6 +39,8 @@ pub enum Wake {
     Task {
         fut: Py<PyAny>,
         event_loop: Py<PyAny>,
+        /// Shared with the waiter's awaitable: set to `GRANTED` before `fut` is resolved.
+        verdict: Arc<std::sync::atomic::AtomicU8>,
     },
 }
 
@@ -521,7 +523,12 @@ fn wake(py: Python<'_>, waiter: &Waiter<Wake>) -> bool {
             signal.post(GRANTED);
             true
         }
-        Wake::Task { fut, event_loop } => {
+        Wake::Task {
+            fut,
+            event_loop,
+            verdict,
+        } => {
+            verdict.store(crate::session_lock::GRANTED, Ordering::Release);
             let res = if waiter.owner.loop_thread == thread_id() {
                 crate::session_lock::resolve_waiter(fut.bind(py))
             } else {

@@ -15,7 +15,7 @@
 //!   through `throw()` (the coroutine delegates to it), so no done-callback is needed: the
 //!   queue, not the future, says whether a hand-off happened.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -287,7 +287,14 @@ pub struct PyAcquire {
     start: Instant,
     /// The outcome was handed to the awaiting coroutine (or cleaned up): nothing to undo.
     settled: AtomicBool,
+    /// `PENDING`, then `GRANTED` (set by the releaser that handed us the lock) or
+    /// `TIMED_OUT` (set by our timer once it withdrew us), each before the future is resolved.
+    verdict: Arc<AtomicU8>,
 }
+
+pub const PENDING: u8 = 0;
+pub const GRANTED: u8 = 1;
+pub const TIMED_OUT: u8 = 2;
 
 impl PyAcquire {
     /// The awaitable of `acquire_async()` / `__aenter__`: a coroutine that takes the lock
@@ -367,9 +374,11 @@ impl PyAcquire {
             _ => {}
         }
         let fut = event_loop.call_method0(pyo3::intern!(py, "create_future"))?;
+        let verdict = Arc::new(AtomicU8::new(PENDING));
         let payload = Wake::Task {
             fut: fut.clone().unbind(),
             event_loop: event_loop.clone().unbind(),
+            verdict: verdict.clone(),
         };
         let id = match inner.locks.acquire(key, owner, true, None, move || payload) {
             Outcome::Acquired { reentered } => {
@@ -396,6 +405,7 @@ impl PyAcquire {
                                 id,
                                 owner,
                                 fut: fut.clone().unbind(),
+                                verdict: verdict.clone(),
                             },
                         ),
                     )?
@@ -413,6 +423,7 @@ impl PyAcquire {
             want_context,
             start: Instant::now(),
             settled: AtomicBool::new(false),
+            verdict,
         };
         Ok(Started::Pending(
             Bound::new(py, pending)?.into_any().unbind(),
@@ -460,19 +471,28 @@ impl PyAcquire {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let fut = &self.fut;
-        let f = fut.bind(py);
-        if !f.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
-            f.setattr(pyo3::intern!(py, "_asyncio_future_blocking"), true)?;
-            return Ok(Some(fut.clone_ref(py)));
-        }
-        if f.call_method0(pyo3::intern!(py, "cancelled"))?
-            .is_truthy()?
-        {
-            // Cancelled without going through throw() (someone cancelled the future itself).
-            self.abandon(py)?;
-        }
-        let acquired = f.call_method0(pyo3::intern!(py, "result"))?.is_truthy()?; // raises CancelledError
+        // The verdict is stored before the future is resolved, so a woken waiter (the common
+        // case) learns its outcome without three calls into the future.
+        let acquired = match self.verdict.load(Ordering::Acquire) {
+            GRANTED => true,
+            TIMED_OUT => false,
+            _ => {
+                let fut = &self.fut;
+                let f = fut.bind(py);
+                if !f.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+                    f.setattr(pyo3::intern!(py, "_asyncio_future_blocking"), true)?;
+                    return Ok(Some(fut.clone_ref(py)));
+                }
+                if f.call_method0(pyo3::intern!(py, "cancelled"))?
+                    .is_truthy()?
+                {
+                    // Cancelled without going through throw() (someone cancelled the future
+                    // itself).
+                    self.abandon(py)?;
+                }
+                f.call_method0(pyo3::intern!(py, "result"))?.is_truthy()? // raises CancelledError
+            }
+        };
         if self.settled.swap(true, Ordering::AcqRel) {
             return Err(PyRuntimeError::new_err(
                 "this acquire() awaitable was already awaited",
@@ -549,6 +569,7 @@ struct WaiterTimeout {
     id: u64,
     owner: Owner,
     fut: Py<PyAny>,
+    verdict: Arc<AtomicU8>,
 }
 
 #[pymethods]
@@ -561,6 +582,7 @@ impl WaiterTimeout {
         self.inner.tell(py, &self.key.loc(), next);
         if let crate::keylock::Cancel::Removed(waiter) = cancel {
             drop(waiter);
+            self.verdict.store(TIMED_OUT, Ordering::Release);
             let fut = self.fut.bind(py);
             if !fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
                 fut.call_method1(pyo3::intern!(py, "set_result"), (false,))?;
