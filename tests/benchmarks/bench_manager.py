@@ -295,6 +295,41 @@ def w_async(n_tasks: int, rounds: int, n_sessions: int, use_sessionlock: bool) -
     return asyncio.run(main())
 
 
+def w_policy(fairness: str | float | None, n_ops: int) -> tuple[float, float, float]:
+    """`update` from 8 threads on 16 hot sessions under one lock policy of this build:
+    (ops/s, longest single wait in ms, share of acquisitions that waited)."""
+    from sessionlock._sessionlock import _set_lock_fairness
+
+    m: BaseSessionManager[int] = BaseSessionManager()
+    if fairness != "default":
+        _set_lock_fairness(m, fairness)
+    ops, _ = w_update(lambda: m, 8, n_ops)
+    st = m.stats()
+    return ops, st["lock_wait_max_ns"] / 1e6, st["lock_contended"] / st["lock_acquires"]
+
+
+def policies(runs: int, n_ops: int) -> None:
+    """Eventual fairness against the two policies it sits between, same build, interleaved."""
+    try:
+        from sessionlock._sessionlock import _set_lock_fairness  # noqa: F401
+    except ImportError:
+        return  # a build without the policy switch
+    names = {"default": "eventual (0.5 ms)", 0.0: "strict FIFO hand-off", None: "unbounded barging"}
+    res: dict[str | float | None, list[tuple[float, float, float]]] = {p: [] for p in names}
+    for _ in range(runs):
+        for p in names:
+            res[p].append(w_policy(p, n_ops))
+    print("update, 8 threads, 16 hot sessions, by lock policy (this build):")
+    for p, label in names.items():
+        r = res[p]
+        print(
+            f"  {label:22} {statistics.median(x[0] for x in r):>12,.0f} ops/s   "
+            f"longest wait {min(x[1] for x in r):5.1f}-{max(x[1] for x in r):5.1f} ms   "
+            f"acquisitions that waited {statistics.median(x[2] for x in r):6.2%}"
+        )
+    print()
+
+
 def rss() -> int:
     gc.collect()
     return int(psutil.Process(os.getpid()).memory_info().rss)
@@ -407,6 +442,8 @@ def main() -> None:
         print(f"{label:42}" + "".join(cells))
     print("lost updates in the update runs: " + ", ".join(f"{k}: {v}" for k, v in lost.items()))
     print()
+
+    policies(runs, 2 * n)
 
     n_tasks, rounds = 1000, max(2, int(20 * scale))
     async_ratio: dict[str, tuple[float, float, float]] = {}
