@@ -245,8 +245,9 @@ impl OwnedLoc {
         }
     }
 
+    /// The id as the caller wrote it.
     #[must_use]
-    pub fn to_string_lossless(&self) -> String {
+    pub fn id_string(&self) -> String {
         self.key.with_str(str::to_owned)
     }
 }

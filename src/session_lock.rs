@@ -175,7 +175,7 @@ impl PySessionLock {
 
     #[getter]
     fn session_id(&self) -> String {
-        self.key.to_string_lossless()
+        self.key.id_string()
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> std::result::Result<(), PyTraverseError> {
