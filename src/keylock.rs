@@ -1,24 +1,52 @@
-//! Per-key re-entrant locks with a FIFO wait queue shared by threads and asyncio tasks.
+//! Per-key re-entrant locks with a FIFO wait queue shared by threads and asyncio tasks, and
+//! eventual fairness as in `parking_lot`.
 //!
 //! Pure Rust, generic over the waiter payload `W` (how to wake a waiter is the binding's
 //! business: a condvar for a thread, an asyncio future for a task).
 //!
-//! Invariants:
-//! - A key has an entry in the table only while someone holds it (`count > 0`); the entry
-//!   is removed by the release that frees it. So no lock state survives for keys nobody
-//!   holds or waits on.
-//! - A queued waiter implies a holder: release hands the lock *directly* to the front
-//!   waiter (no barging), which is what makes the queue FIFO across both worlds.
-//! - The table's guard is held only for the bookkeeping below; nothing here calls foreign
-//!   code, and waiters that leave the queue are returned to the caller (their payload may
-//!   hold Python objects, which must be dropped or woken after the guard is gone).
+//! Fairness. A release that finds waiters either *hands the lock off* (the front waiter
+//! becomes the owner before it runs) or, while the front waiter has waited less than
+//! [`FAIR_AFTER`], *frees* it and nudges that waiter to come and take it: meanwhile a caller
+//! that finds the lock free may barge in. Strict hand-off forms a convoy under the GIL (each
+//! hand-off costs a wake-up while the releaser keeps running and soon needs the lock
+//! again); unbounded barging starves the queue. Bounding the barging window by the front
+//! waiter's age gives both throughput and a wait bound. Waiters whose payload cannot be
+//! nudged (asyncio tasks: a retry would cost a loop round trip) always get a hand-off.
+//!
+//! Invariants (all state of a key is guarded by its shard's mutex):
+//! - A key has an entry only while someone holds it or waits for it; the operation that
+//!   leaves it with `count == 0` and an empty queue removes it. So no lock state survives
+//!   for keys nobody holds or waits on.
+//! - Queued waiters are served in queue order: only the front waiter is ever nudged or
+//!   handed the lock, and waiters only join at the back.
+//! - `count == 0` with a non-empty queue means "free, front waiter nudged": the front waiter
+//!   is nudgeable and `nudged` is set. The front waiter (or a newcomer that finds it past
+//!   `FAIR_AFTER`, or a cancel that removes it) resolves that state; nobody else takes the
+//!   lock ahead of a front waiter older than `FAIR_AFTER`.
+//! - The table is sharded by key hash (the hash of [`Loc`], shared with the store, so a
+//!   call hashes its id once); a shard's mutex is held only for the bookkeeping below and
+//!   no two are ever held at once; nothing here calls foreign code. Waiters that leave the queue are returned to the caller (their payload may hold
+//!   Python objects, which must be dropped or woken after the guard is gone), except a
+//!   nudgeable payload, which is dropped in place (it must hold no Python object).
 //! - This module never touches the session store (lock order: store shard -> this table).
+//! - Exclusion comes from the shard mutexes, never from the GIL.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
-use foldhash::fast::RandomState;
+use hashbrown::hash_table::Entry as Slot;
+use hashbrown::HashTable;
+use parking_lot::Mutex;
+
+use crate::key::{Key, Loc};
+
+const SHARDS: usize = 16;
+
+/// A front waiter older than this is handed the lock at the next release instead of being
+/// overtaken by a barging caller (`parking_lot` switches to fair unlocking about every
+/// 0.5 ms).
+pub const FAIR_AFTER: Duration = Duration::from_micros(500);
 
 /// Who holds or waits: a thread, or an asyncio task (and the thread its loop runs on).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,11 +80,29 @@ impl Owner {
     }
 }
 
+/// What a waiter's payload offers besides being woken with the lock.
+pub trait Payload {
+    /// A handle that tells the waiter "the lock is free now, come and try".
+    type Nudge;
+    /// `None`: this waiter cannot retry by itself and is always handed the lock directly.
+    fn nudge(&self) -> Option<Self::Nudge>;
+}
+
+impl Payload for () {
+    type Nudge = ();
+    fn nudge(&self) -> Option<()> {
+        None
+    }
+}
+
 #[derive(Debug)]
 pub struct Waiter<W> {
     pub id: u64,
     pub owner: Owner,
     pub payload: W,
+    since: Instant,
+    /// Told that the lock is free (see the module invariants).
+    nudged: bool,
 }
 
 struct State<W> {
@@ -65,7 +111,7 @@ struct State<W> {
     /// Set by `get_or_create` while its factory runs under this lock.
     computing: bool,
     queue: VecDeque<Waiter<W>>,
-    /// When the current hold began (`metrics::stamp`, 0 while metrics are off).
+    /// When the current hold began (`metrics::stamp_for`, 0 while metrics are off).
     since: u64,
 }
 
@@ -82,6 +128,15 @@ pub enum Outcome {
     Deadlock,
 }
 
+/// Who must be told after an operation (outside the guard).
+pub enum Next<W: Payload> {
+    Nobody,
+    /// The lock was handed to this waiter, which left the queue: wake it.
+    Granted(Waiter<W>),
+    /// The lock is free and this (still queued) front waiter should come and take it.
+    Nudge(W::Nudge),
+}
+
 pub enum Cancel<W> {
     /// The waiter was still queued and has been removed.
     Removed(Waiter<W>),
@@ -91,85 +146,187 @@ pub enum Cancel<W> {
     Gone,
 }
 
+/// Result of a nudged waiter's attempt ([`KeyLocks::retry`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// The waiter owns the lock now (it took it, or it had been handed to it).
+    Acquired,
+    /// Still held by someone else: the waiter stays queued where it was.
+    Wait,
+    /// The waiter is neither queued nor the owner (it was withdrawn).
+    Gone,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub struct NotOwned;
 
+struct Entry<W> {
+    key: Key,
+    state: State<W>,
+}
+
+type Shard<W> = Mutex<HashTable<Entry<W>>>;
+
 pub struct KeyLocks<W> {
-    table: DashMap<Box<str>, State<W>, RandomState>,
+    shards: Box<[Shard<W>]>,
+    len: AtomicUsize,
     next_waiter: AtomicU64,
+    /// [`FAIR_AFTER`] unless a test or benchmark chose another policy (nanoseconds).
+    fair_after_ns: AtomicU64,
     /// How long holds lasted (first acquire to last release). Recorded by `release`, whose
     /// callers (the binding) all hold the GIL: see `record_since_serialized`.
     pub hold: crate::metrics::Histogram,
 }
 
-impl<W> Default for KeyLocks<W> {
+impl<W: Payload> Default for KeyLocks<W> {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl<W> KeyLocks<W> {
+impl<W: Payload> State<W> {
+    /// `owner` takes the free lock: a new hold begins.
+    fn take(&mut self, owner: Owner) {
+        self.owner = owner;
+        self.count = 1;
+        self.since = crate::metrics::stamp_for(owner.id);
+    }
+
+    /// Serves the front waiter of a lock that has just become free (`count == 0`): a hand-off
+    /// if it cannot barge or has waited long enough, else a nudge (once).
+    fn serve_front(&mut self, fair_after: Duration) -> Next<W> {
+        debug_assert_eq!(self.count, 0);
+        let Some(front) = self.queue.front_mut() else {
+            return Next::Nobody;
+        };
+        match front.payload.nudge() {
+            Some(nudge) if front.since.elapsed() < fair_after => {
+                if std::mem::replace(&mut front.nudged, true) {
+                    Next::Nobody // already told; it will come
+                } else {
+                    Next::Nudge(nudge)
+                }
+            }
+            _ => {
+                let next = self.queue.pop_front().expect("front exists");
+                self.take(next.owner);
+                Next::Granted(next)
+            }
+        }
+    }
+}
+
+impl<W: Payload> KeyLocks<W> {
     #[must_use]
     pub fn new() -> Self {
+        Self::with_fairness(FAIR_AFTER)
+    }
+
+    /// `fair_after`: how long a front waiter may be overtaken (zero: strict FIFO hand-off;
+    /// `Duration::MAX`: unbounded barging). For tests and benchmarks of the policy itself.
+    #[must_use]
+    pub fn with_fairness(fair_after: Duration) -> Self {
         Self {
-            table: DashMap::with_hasher(RandomState::default()),
+            shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
+            len: AtomicUsize::new(0),
             next_waiter: AtomicU64::new(1),
+            fair_after_ns: AtomicU64::new(u64::try_from(fair_after.as_nanos()).unwrap_or(u64::MAX)),
             hold: crate::metrics::Histogram::default(),
         }
     }
 
-    /// Number of keys with lock state (held ones).
+    /// Changes the fairness bound (see [`KeyLocks::with_fairness`]).
+    pub fn set_fairness(&self, fair_after: Duration) {
+        let ns = u64::try_from(fair_after.as_nanos()).unwrap_or(u64::MAX);
+        self.fair_after_ns.store(ns, Ordering::Relaxed);
+    }
+
+    fn fair_after(&self) -> Duration {
+        Duration::from_nanos(self.fair_after_ns.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    fn shard(&self, k: &Loc<'_>) -> &Shard<W> {
+        // Bits the shard's own table does not use (hashbrown takes the low bits for the
+        // position and the top seven for its tag).
+        &self.shards[(k.hash >> 40) as usize % SHARDS]
+    }
+
+    /// Runs `f` on the state of `k` if it has any, removing the entry when `f` leaves it
+    /// idle (free, nobody queued).
+    fn with_state<R>(&self, k: &Loc<'_>, f: impl FnOnce(&mut State<W>) -> R) -> Option<R> {
+        let mut table = self.shard(k).lock();
+        let Ok(mut slot) = table.find_entry(k.hash, |e| e.key.matches(k.key)) else {
+            return None;
+        };
+        let state = &mut slot.get_mut().state;
+        let out = f(state);
+        if state.count == 0 && state.queue.is_empty() {
+            slot.remove();
+            self.len.fetch_sub(1, Ordering::Relaxed);
+        }
+        Some(out)
+    }
+
+    /// Number of keys with lock state (held or awaited ones).
     #[must_use]
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.len.load(Ordering::Relaxed)
     }
 
     #[must_use]
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.len() == 0
     }
 
     #[must_use]
-    pub fn is_held(&self, key: &str) -> bool {
-        self.table.get(key).is_some_and(|s| s.count > 0)
+    pub fn is_held(&self, k: &Loc<'_>) -> bool {
+        self.with_state(k, |s| s.count > 0).unwrap_or(false)
     }
 
-    /// Re-entrancy depth of `owner` on `key` (0 if it does not hold it).
+    /// Re-entrancy depth of `owner` on `k` (0 if it does not hold it).
     #[must_use]
-    pub fn depth(&self, key: &str, owner: Owner) -> u32 {
-        self.table
-            .get(key)
-            .map_or(0, |s| if s.owner == owner { s.count } else { 0 })
+    pub fn depth(&self, k: &Loc<'_>, owner: Owner) -> u32 {
+        self.with_state(k, |s| {
+            if s.count > 0 && s.owner == owner {
+                s.count
+            } else {
+                0
+            }
+        })
+        .unwrap_or(0)
     }
 
-    /// Takes `key` for `owner` if free or already owned by it; otherwise, with `wait`,
-    /// queues a waiter made by `payload`. `sync_on_loop` is the current thread's id when
-    /// the wait would block an event loop running on this thread.
+    /// Takes `k` for `owner` if free (and no front waiter is owed it) or already owned by
+    /// it; otherwise, with `wait`, queues a waiter made by `payload`. `sync_on_loop` is the
+    /// current thread's id when the wait would block an event loop running on this thread.
     pub fn acquire(
         &self,
-        key: &str,
+        k: &Loc<'_>,
         owner: Owner,
         wait: bool,
         sync_on_loop: Option<u64>,
         payload: impl FnOnce() -> W,
     ) -> Outcome {
-        if let Some(mut state) = self.table.get_mut(key) {
-            return self.contend(&mut state, owner, wait, sync_on_loop, payload);
-        }
-        match self.table.entry(key.into()) {
-            dashmap::Entry::Vacant(v) => {
-                v.insert(State {
-                    owner,
-                    count: 1,
-                    computing: false,
-                    queue: VecDeque::new(),
-                    since: crate::metrics::stamp_for(owner.id),
-                });
-                Outcome::Acquired { reentered: false }
+        let mut table = self.shard(k).lock();
+        let hasher = |e: &Entry<W>| e.key.as_ref().hash();
+        match table.entry(k.hash, |e| e.key.matches(k.key), hasher) {
+            Slot::Occupied(mut o) => {
+                self.contend(&mut o.get_mut().state, owner, wait, sync_on_loop, payload)
             }
-            // Lost a race with another acquirer between the two lookups.
-            dashmap::Entry::Occupied(mut o) => {
-                self.contend(o.get_mut(), owner, wait, sync_on_loop, payload)
+            Slot::Vacant(v) => {
+                v.insert(Entry {
+                    key: Key::from_ref(k.key),
+                    state: State {
+                        owner,
+                        count: 1,
+                        computing: false,
+                        queue: VecDeque::new(),
+                        since: crate::metrics::stamp_for(owner.id),
+                    },
+                });
+                self.len.fetch_add(1, Ordering::Relaxed);
+                Outcome::Acquired { reentered: false }
             }
         }
     }
@@ -183,11 +340,21 @@ impl<W> KeyLocks<W> {
         payload: impl FnOnce() -> W,
     ) -> Outcome {
         if state.count == 0 {
-            // Freed but not yet removed by its releaser (see `release`).
-            state.owner = owner;
-            state.count = 1;
-            state.since = crate::metrics::stamp_for(owner.id);
-            return Outcome::Acquired { reentered: false };
+            // Free; any queue has a nudged front waiter (see the invariants).
+            match state.queue.front() {
+                Some(front) if front.since.elapsed() >= self.fair_after() => {
+                    // It has been overtaken long enough: it gets the lock, we contend.
+                    let front = state.queue.pop_front().expect("front exists");
+                    state.take(front.owner);
+                    // Nudged, so it is awake and will find that it owns the lock; its
+                    // payload is nudgeable and holds no Python object (dropped here).
+                    drop(front);
+                }
+                _ => {
+                    state.take(owner);
+                    return Outcome::Acquired { reentered: false };
+                }
+            }
         }
         if state.owner == owner {
             state.count += 1;
@@ -208,74 +375,111 @@ impl<W> KeyLocks<W> {
             id,
             owner,
             payload: payload(),
+            since: Instant::now(),
+            nudged: false,
         });
         Outcome::Queued(id)
     }
 
-    /// Releases one level of `owner`'s hold. When the hold ends, the lock passes to the
-    /// front waiter, which is returned so that the caller can wake it (outside any lock).
-    pub fn release(&self, key: &str, owner: Owner) -> Result<Option<Waiter<W>>, NotOwned> {
-        let mut result = Err(NotOwned);
-        self.table.remove_if_mut(key, |_, state| {
+    /// Releases one level of `owner`'s hold. When the hold ends, the front waiter is handed
+    /// the lock or nudged (see the module doc); the caller tells it, outside any lock.
+    pub fn release(&self, k: &Loc<'_>, owner: Owner) -> Result<Next<W>, NotOwned> {
+        let fair_after = self.fair_after();
+        self.with_state(k, |state| {
             if state.count == 0 || state.owner != owner {
-                return false;
+                return Err(NotOwned);
             }
             state.count -= 1;
             if state.count > 0 {
-                result = Ok(None);
-                return false;
+                return Ok(Next::Nobody);
             }
-            state.computing = false;
             self.hold.record_since_serialized(state.since);
-            if let Some(next) = state.queue.pop_front() {
-                state.owner = next.owner;
-                state.count = 1;
-                state.since = crate::metrics::stamp_for(next.owner.id);
-                result = Ok(Some(next));
-                false
+            state.computing = false;
+            Ok(state.serve_front(fair_after))
+        })
+        .unwrap_or(Err(NotOwned))
+    }
+
+    /// A nudged waiter comes to take the lock: it gets it if it is free (or was handed to it
+    /// meanwhile); otherwise it keeps its place and waits for the next nudge or hand-off.
+    pub fn retry(&self, k: &Loc<'_>, id: u64, owner: Owner) -> Retry {
+        self.with_state(k, |state| {
+            let front = state.queue.front().map(|w| w.id);
+            if front == Some(id) {
+                if state.count == 0 {
+                    let me = state.queue.pop_front().expect("front exists");
+                    state.take(me.owner);
+                    return Retry::Acquired;
+                }
+                // Someone barged in: the release that ends their hold serves us again.
+                state.queue.front_mut().expect("front exists").nudged = false;
+                return Retry::Wait;
+            }
+            if state.queue.iter().any(|w| w.id == id) {
+                Retry::Wait
+            } else if state.count > 0 && state.owner == owner {
+                Retry::Acquired
             } else {
-                result = Ok(None);
-                true
+                Retry::Gone
             }
-        });
-        result
+        })
+        .unwrap_or(Retry::Gone)
     }
 
-    /// Withdraws waiter `id` (timed out, cancelled, interrupted).
-    pub fn cancel(&self, key: &str, id: u64, owner: Owner) -> Cancel<W> {
-        let Some(mut state) = self.table.get_mut(key) else {
-            return Cancel::Gone;
-        };
-        if let Some(pos) = state.queue.iter().position(|w| w.id == id) {
-            let waiter = state.queue.remove(pos).expect("position is in range");
-            return Cancel::Removed(waiter);
-        }
-        if state.count > 0 && state.owner == owner {
-            Cancel::Granted
-        } else {
-            Cancel::Gone
-        }
+    /// Withdraws waiter `id` (timed out, cancelled, interrupted). If it was the nudged front
+    /// waiter of a free lock, the next one is served in its place (returned in `Next`).
+    pub fn cancel(&self, k: &Loc<'_>, id: u64, owner: Owner) -> (Cancel<W>, Next<W>) {
+        let fair_after = self.fair_after();
+        self.with_state(k, |state| {
+            if let Some(pos) = state.queue.iter().position(|w| w.id == id) {
+                let waiter = state.queue.remove(pos).expect("position is in range");
+                let next = if state.count == 0 {
+                    state.serve_front(fair_after)
+                } else {
+                    Next::Nobody
+                };
+                (Cancel::Removed(waiter), next)
+            } else if state.count > 0 && state.owner == owner {
+                (Cancel::Granted, Next::Nobody)
+            } else {
+                (Cancel::Gone, Next::Nobody)
+            }
+        })
+        .unwrap_or((Cancel::Gone, Next::Nobody))
     }
 
-    /// Marks (or clears) that `owner` runs a factory under `key`; returns the previous flag.
-    pub fn set_computing(&self, key: &str, owner: Owner, flag: bool) -> bool {
-        match self.table.get_mut(key) {
-            Some(mut s) if s.owner == owner && s.count > 0 => {
+    /// Marks (or clears) that `owner` runs a factory under `k`; returns the previous flag.
+    pub fn set_computing(&self, k: &Loc<'_>, owner: Owner, flag: bool) -> bool {
+        self.with_state(k, |s| {
+            if s.owner == owner && s.count > 0 {
                 std::mem::replace(&mut s.computing, flag)
+            } else {
+                false
             }
-            _ => false,
-        }
+        })
+        .unwrap_or(false)
     }
 
     #[must_use]
-    pub fn is_computing(&self, key: &str) -> bool {
-        self.table.get(key).is_some_and(|s| s.computing)
+    pub fn is_computing(&self, k: &Loc<'_>) -> bool {
+        self.with_state(k, |s| s.computing).unwrap_or(false)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn k() -> Loc<'static> {
+        Loc::new("k")
+    }
+
+    impl Payload for u32 {
+        type Nudge = ();
+        fn nudge(&self) -> Option<()> {
+            None
+        }
+    }
 
     fn t(id: u64) -> Owner {
         Owner::thread(id)
@@ -292,96 +496,100 @@ mod tests {
     fn reentrant_and_removed_when_free() {
         let l: KeyLocks<()> = KeyLocks::new();
         assert_eq!(
-            l.acquire("k", t(1), true, None, || ()),
+            l.acquire(&k(), t(1), true, None, || ()),
             Outcome::Acquired { reentered: false }
         );
         assert_eq!(
-            l.acquire("k", t(1), true, None, || ()),
+            l.acquire(&k(), t(1), true, None, || ()),
             Outcome::Acquired { reentered: true }
         );
-        assert_eq!(l.depth("k", t(1)), 2);
-        assert!(l.release("k", t(1)).unwrap().is_none());
-        assert!(l.is_held("k"));
-        assert!(l.release("k", t(1)).unwrap().is_none());
-        assert!(!l.is_held("k"));
+        assert_eq!(l.depth(&k(), t(1)), 2);
+        assert!(matches!(l.release(&k(), t(1)).unwrap(), Next::Nobody));
+        assert!(l.is_held(&k()));
+        assert!(matches!(l.release(&k(), t(1)).unwrap(), Next::Nobody));
+        assert!(!l.is_held(&k()));
         assert!(l.is_empty(), "no state for a key nobody holds");
-        assert_eq!(l.release("k", t(1)).unwrap_err(), NotOwned);
+        assert!(matches!(l.release(&k(), t(1)), Err(NotOwned)));
     }
 
     #[test]
     fn fifo_hand_off() {
         let l: KeyLocks<u32> = KeyLocks::new();
-        l.acquire("k", t(1), true, None, || 0);
-        let Outcome::Queued(a) = l.acquire("k", t(2), true, None, || 2) else {
+        l.acquire(&k(), t(1), true, None, || 0);
+        let Outcome::Queued(a) = l.acquire(&k(), t(2), true, None, || 2) else {
             panic!()
         };
-        let Outcome::Queued(b) = l.acquire("k", task(3, 9), true, None, || 3) else {
+        let Outcome::Queued(b) = l.acquire(&k(), task(3, 9), true, None, || 3) else {
             panic!()
         };
         assert!(a < b);
-        assert_eq!(l.acquire("k", t(4), false, None, || 4), Outcome::Busy);
-        assert_eq!(l.release("k", t(2)).unwrap_err(), NotOwned);
-        let next = l.release("k", t(1)).unwrap().unwrap();
+        assert_eq!(l.acquire(&k(), t(4), false, None, || 4), Outcome::Busy);
+        assert!(matches!(l.release(&k(), t(2)), Err(NotOwned)));
+        let Next::Granted(next) = l.release(&k(), t(1)).unwrap() else {
+            panic!("a waiter that cannot be nudged is handed the lock")
+        };
         assert_eq!((next.owner, next.payload), (t(2), 2));
-        assert_eq!(l.depth("k", t(2)), 1);
-        let next = l.release("k", t(2)).unwrap().unwrap();
+        assert_eq!(l.depth(&k(), t(2)), 1);
+        let Next::Granted(next) = l.release(&k(), t(2)).unwrap() else {
+            panic!()
+        };
         assert_eq!(next.owner, task(3, 9));
-        assert!(l.release("k", task(3, 9)).unwrap().is_none());
+        assert!(matches!(l.release(&k(), task(3, 9)).unwrap(), Next::Nobody));
         assert!(l.is_empty());
     }
 
     #[test]
     fn cancel_removes_or_reports_grant() {
         let l: KeyLocks<u32> = KeyLocks::new();
-        l.acquire("k", t(1), true, None, || 0);
-        let Outcome::Queued(a) = l.acquire("k", t(2), true, None, || 2) else {
+        l.acquire(&k(), t(1), true, None, || 0);
+        let Outcome::Queued(a) = l.acquire(&k(), t(2), true, None, || 2) else {
             panic!()
         };
-        let Outcome::Queued(b) = l.acquire("k", t(3), true, None, || 3) else {
+        let Outcome::Queued(b) = l.acquire(&k(), t(3), true, None, || 3) else {
             panic!()
         };
-        assert!(matches!(l.cancel("k", a, t(2)), Cancel::Removed(w) if w.payload == 2));
-        assert!(matches!(l.cancel("k", a, t(2)), Cancel::Gone));
-        l.release("k", t(1)).unwrap();
-        assert!(matches!(l.cancel("k", b, t(3)), Cancel::Granted));
-        l.release("k", t(3)).unwrap();
+        assert!(matches!(l.cancel(&k(), a, t(2)).0, Cancel::Removed(w) if w.payload == 2));
+        assert!(matches!(l.cancel(&k(), a, t(2)).0, Cancel::Gone));
+        l.release(&k(), t(1)).unwrap();
+        assert!(matches!(l.cancel(&k(), b, t(3)).0, Cancel::Granted));
+        l.release(&k(), t(3)).unwrap();
         assert!(l.is_empty());
     }
 
     #[test]
     fn sync_wait_behind_a_task_of_this_loop_is_a_deadlock() {
         let l: KeyLocks<()> = KeyLocks::new();
-        l.acquire("k", task(10, 7), true, None, || ());
+        l.acquire(&k(), task(10, 7), true, None, || ());
         assert_eq!(
-            l.acquire("k", t(7), true, Some(7), || ()),
+            l.acquire(&k(), t(7), true, Some(7), || ()),
             Outcome::Deadlock
         );
         // another thread may wait: the loop keeps running
         assert!(matches!(
-            l.acquire("k", t(8), true, None, || ()),
+            l.acquire(&k(), t(8), true, None, || ()),
             Outcome::Queued(_)
         ));
         // a waiter queued ahead that is a task of this loop also counts
         let m: KeyLocks<()> = KeyLocks::new();
-        m.acquire("k", t(1), true, None, || ());
+        m.acquire(&k(), t(1), true, None, || ());
         assert!(matches!(
-            m.acquire("k", task(11, 7), true, None, || ()),
+            m.acquire(&k(), task(11, 7), true, None, || ()),
             Outcome::Queued(_)
         ));
         assert_eq!(
-            m.acquire("k", t(7), true, Some(7), || ()),
+            m.acquire(&k(), t(7), true, Some(7), || ()),
             Outcome::Deadlock
         );
         // the holder is this very thread outside the loop (it took the lock, then ran a
         // loop whose task now waits synchronously)
         let n: KeyLocks<()> = KeyLocks::new();
-        n.acquire("k", t(7), true, None, || ());
+        n.acquire(&k(), t(7), true, None, || ());
         assert_eq!(
-            n.acquire("k", task(12, 7), true, Some(7), || ()),
+            n.acquire(&k(), task(12, 7), true, Some(7), || ()),
             Outcome::Deadlock
         );
         assert!(matches!(
-            n.acquire("k", task(13, 8), true, Some(8), || ()),
+            n.acquire(&k(), task(13, 8), true, Some(8), || ()),
             Outcome::Queued(_)
         ));
     }
@@ -389,62 +597,151 @@ mod tests {
     #[test]
     fn computing_flag_follows_the_hold() {
         let l: KeyLocks<()> = KeyLocks::new();
-        l.acquire("k", t(1), true, None, || ());
-        assert!(!l.set_computing("k", t(1), true));
-        assert!(l.is_computing("k"));
+        l.acquire(&k(), t(1), true, None, || ());
+        assert!(!l.set_computing(&k(), t(1), true));
+        assert!(l.is_computing(&k()));
         assert!(
-            !l.set_computing("k", t(2), false),
+            !l.set_computing(&k(), t(2), false),
             "only the owner may flag"
         );
-        l.release("k", t(1)).unwrap();
-        assert!(!l.is_computing("k"));
+        l.release(&k(), t(1)).unwrap();
+        assert!(!l.is_computing(&k()));
+    }
+
+    /// A thread waiter's signal for the tests: 0 nothing, 1 nudged, 2 granted.
+    #[derive(Clone, Default)]
+    struct Sig(std::sync::Arc<(parking_lot::Mutex<u8>, parking_lot::Condvar)>);
+
+    impl Sig {
+        fn post(&self, v: u8) {
+            let mut g = self.0 .0.lock();
+            *g = (*g).max(v);
+            self.0 .1.notify_one();
+        }
+        fn take(&self) -> u8 {
+            let mut g = self.0 .0.lock();
+            while *g == 0 {
+                self.0 .1.wait(&mut g);
+            }
+            std::mem::take(&mut *g)
+        }
+    }
+
+    impl Payload for Sig {
+        type Nudge = Sig;
+        fn nudge(&self) -> Option<Sig> {
+            Some(self.clone())
+        }
+    }
+
+    #[test]
+    fn young_front_waiter_is_nudged_and_may_be_overtaken() {
+        let l: KeyLocks<Sig> = KeyLocks::with_fairness(Duration::MAX);
+        l.acquire(&k(), t(1), true, None, Sig::default);
+        let Outcome::Queued(a) = l.acquire(&k(), t(2), true, None, Sig::default) else {
+            panic!()
+        };
+        let Outcome::Queued(b) = l.acquire(&k(), t(3), true, None, Sig::default) else {
+            panic!()
+        };
+        assert!(matches!(l.release(&k(), t(1)).unwrap(), Next::Nudge(_)));
+        assert!(!l.is_held(&k()));
+        // a caller that finds it free barges in; the nudged waiter keeps its place
+        assert_eq!(
+            l.acquire(&k(), t(4), false, None, Sig::default),
+            Outcome::Acquired { reentered: false }
+        );
+        assert_eq!(l.retry(&k(), b, t(3)), Retry::Wait, "not the front waiter");
+        assert_eq!(l.retry(&k(), a, t(2)), Retry::Wait);
+        assert!(matches!(l.release(&k(), t(4)).unwrap(), Next::Nudge(_)));
+        assert_eq!(l.retry(&k(), a, t(2)), Retry::Acquired);
+        // the front waiter withdrawing while nudged passes the nudge on
+        assert!(matches!(l.release(&k(), t(2)).unwrap(), Next::Nudge(_)));
+        let (c, next) = l.cancel(&k(), b, t(3));
+        assert!(matches!(c, Cancel::Removed(_)));
+        assert!(matches!(next, Next::Nobody));
+        assert!(l.is_empty());
+    }
+
+    #[test]
+    fn old_front_waiter_is_handed_the_lock() {
+        let l: KeyLocks<Sig> = KeyLocks::with_fairness(Duration::ZERO);
+        l.acquire(&k(), t(1), true, None, Sig::default);
+        let Outcome::Queued(a) = l.acquire(&k(), t(2), true, None, Sig::default) else {
+            panic!()
+        };
+        let Next::Granted(w) = l.release(&k(), t(1)).unwrap() else {
+            panic!("past the fairness bound: a direct hand-off")
+        };
+        assert_eq!(w.owner, t(2));
+        assert_eq!(
+            l.acquire(&k(), t(4), false, None, Sig::default),
+            Outcome::Busy
+        );
+        assert_eq!(l.retry(&k(), a, t(2)), Retry::Acquired);
+        l.release(&k(), t(2)).unwrap();
+        assert!(l.is_empty());
+
+        // nudged while young, then too old: a newcomer hands it over instead of barging
+        let l: KeyLocks<Sig> = KeyLocks::with_fairness(Duration::from_millis(20));
+        l.acquire(&k(), t(1), true, None, Sig::default);
+        let Outcome::Queued(a) = l.acquire(&k(), t(2), true, None, Sig::default) else {
+            panic!()
+        };
+        assert!(matches!(l.release(&k(), t(1)).unwrap(), Next::Nudge(_)));
+        std::thread::sleep(Duration::from_millis(25));
+        assert!(matches!(
+            l.acquire(&k(), t(3), true, None, Sig::default),
+            Outcome::Queued(_)
+        ));
+        assert_eq!(l.depth(&k(), t(2)), 1);
+        assert_eq!(l.retry(&k(), a, t(2)), Retry::Acquired);
     }
 
     #[test]
     fn threads_exclude_each_other() {
         use std::sync::Arc;
-        type Sig = Arc<(parking_lot::Mutex<bool>, parking_lot::Condvar)>;
-        let l: Arc<KeyLocks<Sig>> = Arc::new(KeyLocks::new());
-        let counter = Arc::new(parking_lot::Mutex::new((0u64, false)));
-        let handles: Vec<_> = (0..4u64)
-            .map(|i| {
-                let (l, counter) = (l.clone(), counter.clone());
-                std::thread::spawn(move || {
-                    let me = t(i + 1);
-                    for _ in 0..2000 {
-                        let sig =
-                            Arc::new((parking_lot::Mutex::new(false), parking_lot::Condvar::new()));
-                        let s2 = sig.clone();
-                        if let Outcome::Queued(_) = l.acquire("k", me, true, None, move || s2) {
-                            let mut g = sig.0.lock();
-                            while !*g {
-                                sig.1.wait(&mut g);
+        for fair_after in [Duration::ZERO, FAIR_AFTER, Duration::MAX] {
+            let l: Arc<KeyLocks<Sig>> = Arc::new(KeyLocks::with_fairness(fair_after));
+            let counter = Arc::new(parking_lot::Mutex::new((0u64, false)));
+            let handles: Vec<_> = (0..4u64)
+                .map(|i| {
+                    let (l, counter) = (l.clone(), counter.clone());
+                    std::thread::spawn(move || {
+                        let me = t(i + 1);
+                        for _ in 0..2000 {
+                            let sig = Sig::default();
+                            let s2 = sig.clone();
+                            if let Outcome::Queued(id) = l.acquire(&k(), me, true, None, move || s2)
+                            {
+                                while sig.take() != 2 && l.retry(&k(), id, me) != Retry::Acquired {}
+                            }
+                            {
+                                let mut c = counter.lock();
+                                assert!(!c.1, "two holders at once");
+                                c.1 = true;
+                            }
+                            let v = counter.lock().0;
+                            std::thread::yield_now();
+                            {
+                                let mut c = counter.lock();
+                                c.0 = v + 1;
+                                c.1 = false;
+                            }
+                            match l.release(&k(), me).unwrap() {
+                                Next::Granted(next) => next.payload.post(2),
+                                Next::Nudge(s) => s.post(1),
+                                Next::Nobody => {}
                             }
                         }
-                        {
-                            let mut c = counter.lock();
-                            assert!(!c.1, "two holders at once");
-                            c.1 = true;
-                        }
-                        let v = counter.lock().0;
-                        std::thread::yield_now();
-                        {
-                            let mut c = counter.lock();
-                            c.0 = v + 1;
-                            c.1 = false;
-                        }
-                        if let Some(next) = l.release("k", me).unwrap() {
-                            *next.payload.0.lock() = true;
-                            next.payload.1.notify_one();
-                        }
-                    }
+                    })
                 })
-            })
-            .collect();
-        for h in handles {
-            h.join().unwrap();
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            assert_eq!(counter.lock().0, 8000);
+            assert!(l.is_empty());
         }
-        assert_eq!(counter.lock().0, 8000);
-        assert!(l.is_empty());
     }
 }

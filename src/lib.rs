@@ -1,5 +1,6 @@
 //! sessionlock's native core. This file only wires the module; each concept lives in its
-//! own file: `store` (session map), `keylock` (per-key FIFO locks), `manager`
+//! own file: `store` (session map), `key` (stored ids, located once per call), `keylock`
+//! (per-key FIFO locks), `manager`
 //! (BaseSessionManager), `session_lock` (SessionLock and its awaitable), `errors`,
 //! `config` (argument rules), `metrics` (histograms and the registry a scrape reads),
 //! `pyglue` (asking Python who runs), `random` (fork-safe ids and tokens), and the distributed lock:
@@ -9,8 +10,10 @@
 //! the Redis-backed sessions: `redis_session` (RedisSessionManager and its lock),
 //! `session_scripts` (their Lua) and `session_value` (stored format and signature).
 
+pub mod counters;
 pub mod errors;
 pub mod held_keys;
+pub mod key;
 pub mod keylock;
 pub mod manager;
 pub mod metrics;
@@ -41,6 +44,7 @@ fn _sessionlock(m: &Bound<'_, PyModule>) -> PyResult<()> {
         .import("atexit")?
         .call_method1("register", (shutdown,))?;
     m.add_class::<manager::PyManager>()?;
+    m.add_function(wrap_pyfunction!(manager::_set_lock_fairness, m)?)?;
     m.add_class::<session_lock::PySessionLock>()?;
     m.add_class::<redis_lock::PyRedisLock>()?;
     m.add_class::<redis_lock::PyRecommendationLock>()?;

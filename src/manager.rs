@@ -23,8 +23,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyType};
 
 use crate::config;
+use crate::counters::{Counters, C};
 use crate::errors::{Error, Result};
-use crate::keylock::{Cancel, KeyLocks, Outcome, Owner, Waiter};
+use crate::key::Loc;
+use crate::keylock::{Cancel, KeyLocks, Next, Outcome, Owner, Payload, Retry, Waiter};
 use crate::pyglue::{self, current_owner, thread_id};
 use crate::session_lock::PySessionLock;
 use crate::store::{now_ns, Get, Insert, Remove, Store, Ttl};
@@ -37,28 +39,59 @@ pub enum Wake {
     Task {
         fut: Py<PyAny>,
         event_loop: Py<PyAny>,
+        /// Shared with the waiter's awaitable: set to `GRANTED` before `fut` is resolved.
+        verdict: Arc<std::sync::atomic::AtomicU8>,
     },
 }
 
+/// A waiting thread's mailbox: `NUDGED` (the lock is free, come and try) or `GRANTED` (the
+/// lock was handed to you). Invariant: only the thread's own wait loop clears it, and it
+/// clears a nudge *before* asking the key-lock table again, so a nudge posted after that
+/// question is never lost.
 #[derive(Default, Debug)]
 pub struct Signal {
-    granted: Mutex<bool>,
+    state: Mutex<(u8, Option<Instant>)>,
     cv: Condvar,
 }
 
+const NUDGED: u8 = 1;
+const GRANTED: u8 = 2;
+
 impl Signal {
-    fn grant(&self) {
-        *self.granted.lock() = true;
+    fn post(&self, what: u8) {
+        let mut s = self.state.lock();
+        if what == GRANTED {
+            s.1 = Some(Instant::now());
+        }
+        s.0 = s.0.max(what);
         self.cv.notify_one();
     }
 
-    /// Waits up to `step`; true once granted. Called with the GIL released.
-    fn wait(&self, step: Duration) -> bool {
-        let mut g = self.granted.lock();
-        if !*g {
-            self.cv.wait_for(&mut g, step);
+    /// Waits up to `step` for a post and takes it (0: none), with the time of a hand-off.
+    /// Called with the GIL released.
+    fn wait(&self, step: Duration) -> (u8, Option<Instant>) {
+        let mut s = self.state.lock();
+        if s.0 == 0 {
+            self.cv.wait_for(&mut s, step);
         }
-        *g
+        if s.0 == GRANTED {
+            *s // final: nothing can follow a hand-off
+        } else {
+            (std::mem::take(&mut s.0), None)
+        }
+    }
+}
+
+impl Payload for Wake {
+    type Nudge = Arc<Signal>;
+
+    /// Threads may be nudged; asyncio tasks are always handed the lock (a retry would cost
+    /// them a round trip through their loop).
+    fn nudge(&self) -> Option<Arc<Signal>> {
+        match self {
+            Wake::Thread(s) => Some(s.clone()),
+            Wake::Task { .. } => None,
+        }
     }
 }
 
@@ -66,21 +99,19 @@ impl Signal {
 const WAIT_STEP: Duration = Duration::from_millis(50);
 
 #[derive(Default)]
-pub struct Stats {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub creates: AtomicU64,
-    pub expired: AtomicU64,
-    pub evicted: AtomicU64,
-    pub lock_acquires: AtomicU64,
-    pub lock_contended: AtomicU64,
-    pub lock_timeouts: AtomicU64,
-    pub lock_wait_ns: AtomicU64,
-    pub factory_runs: AtomicU64,
-}
+pub struct Stats(Counters);
 
-fn bump(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
+impl Stats {
+    #[inline]
+    pub fn bump(&self, c: C) {
+        self.0.add(c, 1);
+    }
+
+    pub fn record_wait(&self, waited: Duration) {
+        let ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.0.add(C::LockWaitNs, ns);
+        self.0.raise(C::LockWaitMaxNs, ns);
+    }
 }
 
 pub struct Inner {
@@ -132,14 +163,14 @@ impl Inner {
         }
     }
 
-    fn held(&self) -> impl Fn(&str) -> bool + '_ {
-        |k: &str| self.locks.is_held(k)
+    fn held(&self) -> impl Fn(&Loc<'_>) -> bool + '_ {
+        |k: &Loc<'_>| self.locks.is_held(k)
     }
 
     // ---- reading -------------------------------------------------------------------------
 
     /// The live value of `key` (pinned-but-expired counts as live), reclaiming it if expired.
-    pub fn get(&self, py: Python<'_>, key: &str, count: bool) -> Option<Py<PyAny>> {
+    pub fn get(&self, py: Python<'_>, key: &Loc<'_>, count: bool) -> Option<Py<PyAny>> {
         let ttl = self.ttl();
         let now = self.now(ttl);
         let found = match self.store.get(key, now, ttl, true, |v| v.clone_ref(py)) {
@@ -156,24 +187,30 @@ impl Inner {
             }
         };
         if count {
-            bump(if found.is_some() {
-                &self.stats.hits
-            } else {
-                &self.stats.misses
-            });
+            self.stats
+                .bump(if found.is_some() { C::Hits } else { C::Misses });
         }
         self.housekeep(py, now, ttl);
         found
     }
 
-    fn reclaim_expired(&self, py: Python<'_>, key: &str, now: u64, ttl: Ttl) {
+    fn reclaim_expired(&self, py: Python<'_>, key: &Loc<'_>, now: u64, ttl: Ttl) {
         if let Some(gone) = self.store.remove_if_expired(key, now, ttl, &self.held()) {
             self.notify(py, vec![gone], "expired");
         }
     }
 
-    /// Amortized expiry: at most one shard is swept per call, and only when its turn is due,
-    /// so every shard is visited about twice per (shortest) TTL.
+    /// Amortized expiry: at most one shard is swept per call, and only when a sweep is due;
+    /// the schedule has one sweep per `step`, so every shard is visited about twice per
+    /// (shortest) TTL.
+    ///
+    /// Catching up with wall time: a sweep advances the schedule by one step from where it
+    /// was, not from `now`, so after an idle spell the schedule lags behind the clock and
+    /// every call sweeps the next shard until it has caught up. The lag is capped at one
+    /// full cycle of shards (which reclaims everything that expired), so the first
+    /// `shard_count()` calls after any idle spell reclaim it all, each paying for one shard
+    /// only: no latency cliff. `next_sweep` is claimed by compare-and-swap, so concurrent
+    /// callers sweep distinct turns (no reliance on the GIL).
     fn housekeep(&self, py: Python<'_>, now: u64, ttl: Ttl) {
         if !ttl.is_enabled() {
             return;
@@ -187,10 +224,12 @@ impl Inner {
             (i, 0) => i,
             (i, a) => i.min(a),
         };
-        let step = (shortest / (2 * self.store.shard_count() as u64)).max(1_000_000);
+        let shards = self.store.shard_count() as u64;
+        let step = (shortest / (2 * shards)).max(1_000_000);
+        let next = due.max(now.saturating_sub(shards * step)) + step;
         if self
             .next_sweep
-            .compare_exchange(due, now + step, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(due, next, Ordering::Relaxed, Ordering::Relaxed)
             .is_err()
         {
             return; // another caller took this turn
@@ -206,11 +245,11 @@ impl Inner {
             return;
         }
         let counter = if reason == "expired" {
-            &self.stats.expired
+            C::Expired
         } else {
-            &self.stats.evicted
+            C::Evicted
         };
-        counter.fetch_add(gone.len() as u64, Ordering::Relaxed);
+        self.stats.0.add(counter, gone.len() as u64);
         let cb = self.on_evict.lock().as_ref().map(|c| c.clone_ref(py));
         for (key, value) in gone {
             if let Some(cb) = &cb {
@@ -233,7 +272,7 @@ impl Inner {
     fn insert(
         &self,
         py: Python<'_>,
-        key: &str,
+        key: &Loc<'_>,
         value: Py<PyAny>,
         overwrite: bool,
     ) -> Insert<Py<PyAny>> {
@@ -247,7 +286,7 @@ impl Inner {
                 if let Some(old) = expired {
                     self.notify(py, vec![old], "expired");
                 }
-                bump(&self.stats.creates);
+                self.stats.bump(C::Creates);
                 self.enforce_capacity(py, key);
                 Insert::Inserted { expired: None }
             }
@@ -261,12 +300,12 @@ impl Inner {
     /// recently used of all, yet the sampling could pick it when its shard holds little
     /// else, and an insert must never evict the session it has just stored (create_session
     /// would hand out a dead id).
-    fn enforce_capacity(&self, py: Python<'_>, spare: &str) {
+    fn enforce_capacity(&self, py: Python<'_>, spare: &Loc<'_>) {
         let max = self.max_sessions.load(Ordering::Relaxed);
         if max == 0 {
             return;
         }
-        let pinned = |k: &str| k == spare || self.locks.is_held(k);
+        let pinned = |k: &Loc<'_>| k == spare || self.locks.is_held(k);
         let mut gone = Vec::new();
         while self.store.len() > max {
             match self.store.evict_one(&pinned) {
@@ -277,7 +316,7 @@ impl Inner {
         self.notify(py, gone, "evicted");
     }
 
-    fn remove(&self, py: Python<'_>, key: &str) -> Option<Py<PyAny>> {
+    fn remove(&self, py: Python<'_>, key: &Loc<'_>) -> Option<Py<PyAny>> {
         let ttl = self.ttl();
         let now = self.now(ttl);
         let removed = match self.store.remove(key, now, ttl, &self.held()) {
@@ -313,7 +352,7 @@ impl Inner {
     pub fn acquire_sync(
         &self,
         py: Python<'_>,
-        key: &str,
+        key: &Loc<'_>,
         owner: Owner,
         timeout: Option<f64>,
     ) -> Result<bool> {
@@ -328,7 +367,7 @@ impl Inner {
         });
         let id = match outcome {
             Outcome::Acquired { reentered } => {
-                bump(&self.stats.lock_acquires);
+                self.stats.bump(C::LockAcquires);
                 if !reentered {
                     self.begin_hold(py, key);
                 }
@@ -344,48 +383,69 @@ impl Inner {
             }
             Outcome::Queued(id) => id,
         };
-        bump(&self.stats.lock_contended);
+        self.stats.bump(C::LockContended);
         let signal = signal.expect("a queued waiter has a signal");
         let start = Instant::now();
         let deadline = timeout.map(|t| start + Duration::from_secs_f64(t));
+        let mut owned_at = None;
         let granted = loop {
             let step = deadline.map_or(WAIT_STEP, |d| {
                 d.saturating_duration_since(Instant::now()).min(WAIT_STEP)
             });
             let sig = signal.clone();
-            if py.detach(move || sig.wait(step)) {
-                break Ok(true);
+            match py.detach(move || sig.wait(step)) {
+                (GRANTED, at) => {
+                    owned_at = at;
+                    break Ok(true);
+                }
+                // Back with the GIL, so a lock taken now is used at once (no convoy).
+                (NUDGED, _) => match self.locks.retry(key, id, owner) {
+                    Retry::Acquired => break Ok(true),
+                    Retry::Wait => {}
+                    Retry::Gone => unreachable!("only this thread withdraws its waiter"),
+                },
+                _ => {}
             }
             if let Err(err) = py.check_signals() {
                 self.abandon(py, key, id, owner);
                 break Err(Error::Py(err));
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
-                break Ok(match self.locks.cancel(key, id, owner) {
+                let (cancel, next) = self.locks.cancel(key, id, owner);
+                self.tell(py, key, next);
+                break Ok(match cancel {
                     Cancel::Removed(_) | Cancel::Gone => false,
                     Cancel::Granted => true,
                 });
             }
         };
-        let waited = start.elapsed().as_nanos() as u64;
-        self.stats.lock_wait_ns.fetch_add(waited, Ordering::Relaxed);
+        // Until the lock was ours: a hand-off counts when it was made, not when this thread
+        // got the GIL back.
+        let waited = owned_at
+            .unwrap_or_else(Instant::now)
+            .saturating_duration_since(start);
+        self.stats.record_wait(waited);
         if let Ok(got) = granted {
-            self.metrics.waited(waited, got); // next to its stats bump: see metrics.rs
+            // next to its stats bump: see metrics.rs
+            let waited_ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+            self.metrics.waited(waited_ns, got);
         }
         match granted {
             Ok(true) => {
-                bump(&self.stats.lock_acquires);
+                self.stats.bump(C::LockAcquires);
                 self.begin_hold(py, key);
             }
-            Ok(false) => bump(&self.stats.lock_timeouts),
+            Ok(false) => self.stats.bump(C::LockTimeouts),
             Err(_) => {}
         }
         granted
     }
 
     /// Withdraws a waiter that gives up; if the lock was handed to it meanwhile, passes it on.
-    pub fn abandon(&self, py: Python<'_>, key: &str, id: u64, owner: Owner) {
-        match self.locks.cancel(key, id, owner) {
+    pub fn abandon(&self, py: Python<'_>, key: &Loc<'_>, id: u64, owner: Owner) {
+        let (cancel, next) = self.locks.cancel(key, id, owner);
+        self.tell(py, key, next);
+        match cancel {
             Cancel::Removed(waiter) => drop(waiter),
             Cancel::Granted => {
                 let _ = self.release(py, key, owner);
@@ -398,7 +458,7 @@ impl Inner {
     /// session against expiring *during* the hold; it must not revive one that had already
     /// expired before the hold began (update() would write to it, `with` would return it),
     /// so such a session is reclaimed now.
-    pub fn begin_hold(&self, py: Python<'_>, key: &str) {
+    pub fn begin_hold(&self, py: Python<'_>, key: &Loc<'_>) {
         let ttl = self.ttl();
         if !ttl.is_enabled() {
             return;
@@ -420,7 +480,7 @@ impl Inner {
 
     /// Releases one level of `owner`'s hold and wakes whoever the lock was handed to. A
     /// waiter that can no longer be woken (its loop closed) is skipped: the lock moves on.
-    pub fn release(&self, py: Python<'_>, key: &str, owner: Owner) -> Result<()> {
+    pub fn release(&self, py: Python<'_>, key: &Loc<'_>, owner: Owner) -> Result<()> {
         let ttl = self.ttl();
         if ttl.idle_ns != 0 && self.locks.depth(key, owner) == 1 {
             // The session was in use until now, so its idle clock restarts at the release.
@@ -430,26 +490,36 @@ impl Inner {
             let only_absolute = Ttl { idle_ns: 0, ..ttl };
             let _ = self.store.touch(key, now_ns(), only_absolute);
         }
-        let mut current = owner;
-        let mut first = true;
+        match self.locks.release(key, owner) {
+            Err(_) => Err(Error::NotOwned(format!(
+                "cannot release the lock of session {key:?}: not held by this thread or task"
+            ))),
+            Ok(next) => {
+                self.tell(py, key, next);
+                Ok(())
+            }
+        }
+    }
+
+    /// Tells the waiter a release or cancel served (outside every lock). A waiter handed
+    /// the lock that can no longer be woken (its loop closed) is skipped: the lock moves on.
+    pub fn tell(&self, py: Python<'_>, key: &Loc<'_>, next: Next<Wake>) {
+        let mut next = next;
         loop {
-            match self.locks.release(key, current) {
-                Err(_) if first => {
-                    return Err(Error::NotOwned(format!(
-                    "cannot release the lock of session {key:?}: not held by this thread or task"
-                )))
-                }
-                Err(_) | Ok(None) => break,
-                Ok(Some(waiter)) => {
+            match next {
+                Next::Nobody => return,
+                Next::Nudge(signal) => return signal.post(NUDGED),
+                Next::Granted(waiter) => {
                     if wake(py, &waiter) {
-                        break;
+                        return;
                     }
-                    current = waiter.owner;
+                    match self.locks.release(key, waiter.owner) {
+                        Ok(n) => next = n,
+                        Err(_) => return,
+                    }
                 }
             }
-            first = false;
         }
-        Ok(())
     }
 }
 
@@ -457,10 +527,15 @@ impl Inner {
 fn wake(py: Python<'_>, waiter: &Waiter<Wake>) -> bool {
     match &waiter.payload {
         Wake::Thread(signal) => {
-            signal.grant();
+            signal.post(GRANTED);
             true
         }
-        Wake::Task { fut, event_loop } => {
+        Wake::Task {
+            fut,
+            event_loop,
+            verdict,
+        } => {
+            verdict.store(crate::session_lock::GRANTED, Ordering::Release);
             let res = if waiter.owner.loop_thread == thread_id() {
                 crate::session_lock::resolve_waiter(fut.bind(py))
             } else {
@@ -581,7 +656,7 @@ impl PyManager {
         loop {
             let mut buf = uuid::Uuid::encode_buffer();
             let id = crate::random::uuid_v4().hyphenated().encode_lower(&mut buf);
-            match self.inner.insert(py, id, value, false) {
+            match self.inner.insert(py, &Loc::new(id), value, false) {
                 Insert::Present { rejected } => value = rejected, // a uuid4 collision: draw again
                 _ => return Ok(id.to_owned()),
             }
@@ -594,7 +669,7 @@ impl PyManager {
         session_id: &Bound<'_, PyAny>,
         context: Py<PyAny>,
     ) -> Result<bool> {
-        let key = self::session_id(session_id)?;
+        let key = &Loc::new(self::session_id(session_id)?);
         Ok(match self.inner.insert(py, key, context, false) {
             Insert::Inserted { .. } => true,
             Insert::Present { rejected } => {
@@ -612,7 +687,7 @@ impl PyManager {
         session_id: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> Result<Option<Py<PyAny>>> {
-        let key = self::session_id(session_id)?;
+        let key = &Loc::new(self::session_id(session_id)?);
         Ok(self.inner.get(py, key, true).or(default))
     }
 
@@ -630,7 +705,7 @@ impl PyManager {
         session_id: &Bound<'_, PyAny>,
         context: Py<PyAny>,
     ) -> Result<Option<Py<PyAny>>> {
-        let key = self::session_id(session_id)?;
+        let key = &Loc::new(self::session_id(session_id)?);
         Ok(match self.inner.insert(py, key, context, true) {
             Insert::Replaced { previous } => Some(previous),
             _ => None,
@@ -643,7 +718,7 @@ impl PyManager {
         session_id: &Bound<'_, PyAny>,
         factory: &Bound<'_, PyAny>,
     ) -> Result<Py<PyAny>> {
-        let key = self::session_id(session_id)?;
+        let key = &Loc::new(self::session_id(session_id)?);
         check_callable("factory", factory)?;
         let inner = &self.inner;
         if let Some(v) = inner.get(py, key, true) {
@@ -667,7 +742,7 @@ impl PyManager {
                 return Ok(v);
             }
             inner.locks.set_computing(key, owner, true);
-            bump(&inner.stats.factory_runs);
+            inner.stats.bump(C::FactoryRuns);
             let made = factory.call0();
             inner.locks.set_computing(key, owner, false);
             let made = made?.unbind();
@@ -700,7 +775,7 @@ impl PyManager {
         session_id: &Bound<'_, PyAny>,
         r#fn: &Bound<'_, PyAny>,
     ) -> Result<Py<PyAny>> {
-        let key = self::session_id(session_id)?;
+        let key = &Loc::new(self::session_id(session_id)?);
         check_callable("fn", r#fn)?;
         let inner = &self.inner;
         let (owner, _) = current_owner(py)?;
@@ -743,7 +818,7 @@ impl PyManager {
     }
 
     fn delete_session(&self, py: Python<'_>, session_id: &Bound<'_, PyAny>) -> Result<bool> {
-        let key = self::session_id(session_id)?;
+        let key = &Loc::new(self::session_id(session_id)?);
         Ok(self.inner.remove(py, key).is_some())
     }
 
@@ -758,12 +833,12 @@ impl PyManager {
         session_id: &Bound<'_, PyAny>,
         default: Option<Py<PyAny>>,
     ) -> Result<Option<Py<PyAny>>> {
-        let key = self::session_id(session_id)?;
+        let key = &Loc::new(self::session_id(session_id)?);
         Ok(self.inner.remove(py, key).or(default))
     }
 
     fn touch(&self, py: Python<'_>, session_id: &Bound<'_, PyAny>) -> Result<bool> {
-        let key = self::session_id(session_id)?;
+        let key = &Loc::new(self::session_id(session_id)?);
         Ok(self.inner.get(py, key, false).is_some())
     }
 
@@ -773,7 +848,7 @@ impl PyManager {
         session_id: &Bound<'_, PyAny>,
         timeout: Option<f64>,
     ) -> Result<PySessionLock> {
-        let key = self::session_id(session_id)?;
+        let key = &Loc::new(self::session_id(session_id)?);
         let timeout = config::optional_timeout("timeout", timeout)?;
         Ok(PySessionLock::new(
             slf.clone().into_any().unbind(),
@@ -808,19 +883,20 @@ impl PyManager {
         d.set_item("sessions", self.__len__(py))?;
         d.set_item("locks", self.inner.locks.len())?;
         for (name, c) in [
-            ("hits", &s.hits),
-            ("misses", &s.misses),
-            ("creates", &s.creates),
-            ("expired", &s.expired),
-            ("evicted", &s.evicted),
-            ("lock_acquires", &s.lock_acquires),
-            ("lock_contended", &s.lock_contended),
-            ("lock_timeouts", &s.lock_timeouts),
-            ("lock_wait_ns", &s.lock_wait_ns),
-            ("factory_runs", &s.factory_runs),
+            ("hits", C::Hits),
+            ("misses", C::Misses),
+            ("creates", C::Creates),
+            ("expired", C::Expired),
+            ("evicted", C::Evicted),
+            ("lock_acquires", C::LockAcquires),
+            ("lock_contended", C::LockContended),
+            ("lock_timeouts", C::LockTimeouts),
+            ("lock_wait_ns", C::LockWaitNs),
+            ("factory_runs", C::FactoryRuns),
         ] {
-            d.set_item(name, c.load(Ordering::Relaxed))?;
+            d.set_item(name, s.0.sum(c))?;
         }
+        d.set_item("lock_wait_max_ns", s.0.max(C::LockWaitMaxNs))?;
         Ok(d)
     }
 
@@ -839,7 +915,7 @@ impl PyManager {
 
     fn __contains__(&self, py: Python<'_>, session_id: &Bound<'_, PyAny>) -> bool {
         match self::session_id(session_id) {
-            Ok(key) => self.inner.get(py, key, false).is_some(),
+            Ok(key) => self.inner.get(py, &Loc::new(key), false).is_some(),
             Err(_) => false,
         }
     }
@@ -869,9 +945,23 @@ impl PyManager {
 
 impl PyManager {
     /// Used by `SessionLock.__enter__`: the current context without counting a hit.
-    pub fn context(inner: &Inner, py: Python<'_>, key: &str) -> Py<PyAny> {
+    pub fn context(inner: &Inner, py: Python<'_>, key: &Loc<'_>) -> Py<PyAny> {
         inner.get(py, key, false).unwrap_or_else(|| py.None())
     }
+}
+
+/// For tests and benchmarks of the lock policy, not API: how long a queued thread waiter of
+/// `manager` may be overtaken before it is handed the lock (0: strict FIFO hand-off; None:
+/// unbounded barging). A module function, so that `BaseSessionManager` has no extra method.
+#[pyfunction]
+#[pyo3(signature = (manager, seconds))]
+pub fn _set_lock_fairness(manager: &Bound<'_, PyManager>, seconds: Option<f64>) -> Result<()> {
+    let fair = match config::optional_timeout("seconds", seconds)? {
+        None => Duration::MAX,
+        Some(s) => Duration::from_secs_f64(s),
+    };
+    manager.get().inner.locks.set_fairness(fair);
+    Ok(())
 }
 
 impl crate::metrics::Source for Inner {
@@ -881,20 +971,19 @@ impl crate::metrics::Source for Inner {
 
     fn snapshot(&self, _py: Python<'_>) -> crate::metrics::Snapshot {
         use crate::metrics::wait_with_uncontended as untimed;
-        let s = &self.stats;
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let sum = |c: C| self.stats.0.sum(c);
         let mut snap = self.metrics.snapshot("session");
-        snap.wait_acquired = untimed(snap.wait_acquired, load(&s.lock_acquires));
-        snap.wait_timeout = untimed(snap.wait_timeout, load(&s.lock_timeouts));
+        snap.wait_acquired = untimed(snap.wait_acquired, sum(C::LockAcquires));
+        snap.wait_timeout = untimed(snap.wait_timeout, sum(C::LockTimeouts));
         snap.hold = self.locks.hold.snapshot();
         snap.sessions = Some(self.store.len() as u64);
         snap.redis_errors = None;
         snap.events = vec![
-            ("hit", load(&s.hits)),
-            ("miss", load(&s.misses)),
-            ("create", load(&s.creates)),
-            ("expired", load(&s.expired)),
-            ("evicted", load(&s.evicted)),
+            ("hit", sum(C::Hits)),
+            ("miss", sum(C::Misses)),
+            ("create", sum(C::Creates)),
+            ("expired", sum(C::Expired)),
+            ("evicted", sum(C::Evicted)),
         ];
         snap
     }

@@ -67,6 +67,9 @@ pub fn running_loop(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
         Some(Ok(d)) => d.get_item(pyo3::intern!(py, "__asyncio_running_event_loop__"))?,
         _ => None,
     };
+    if holder.is_none() && holder_is_authoritative(py) {
+        return Ok(None); // no loop has ever run on this thread
+    }
     let generation = FORK_GENERATION.load(Ordering::Relaxed);
     if let Some(h) = &holder {
         let hit = LOOP_CACHE.with_borrow(|c| match c {
@@ -94,6 +97,25 @@ pub fn running_loop(py: Python<'_>) -> PyResult<Option<Bound<'_, PyAny>>> {
         drop(old);
     }
     Ok(lp)
+}
+
+/// Whether "no holder in the thread-state dict" means "no running loop": true where
+/// `asyncio` uses the C `_asyncio._get_running_loop` of CPython <= 3.11, which finds the
+/// loop only through that holder (`_set_running_loop` stores a new one each time). Elsewhere
+/// the holder may live somewhere else, so `running_loop` must ask. Decided once.
+fn holder_is_authoritative(py: Python<'_>) -> bool {
+    static AUTHORITATIVE: PyOnceLock<bool> = PyOnceLock::new();
+    *AUTHORITATIVE.get_or_init(py, || {
+        let check = || -> PyResult<bool> {
+            if py.version_info() >= (3, 12) {
+                return Ok(false);
+            }
+            let c = py.import("_asyncio")?.getattr("_get_running_loop")?;
+            let used = py.import("asyncio.events")?.getattr("_get_running_loop")?;
+            Ok(c.is(&used))
+        };
+        check().unwrap_or(false)
+    })
 }
 
 /// Who is calling: the running asyncio task if there is one, else the thread. A thread

@@ -15,7 +15,7 @@
 //!   through `throw()` (the coroutine delegates to it), so no done-callback is needed: the
 //!   queue, not the future, says whether a hand-off happened.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -26,7 +26,9 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyTuple, PyType};
 
 use crate::config;
+use crate::counters::C;
 use crate::errors::{Error, Result};
+use crate::key::{Loc, OwnedLoc};
 use crate::keylock::{Outcome, Owner};
 use crate::manager::{Inner, PyManager, Wake};
 use crate::pyglue::current_owner;
@@ -71,7 +73,7 @@ pub fn ready(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
 #[pyclass(frozen, module = "sessionlock._sessionlock")]
 struct Starter {
     inner: Arc<Inner>,
-    key: Box<str>,
+    key: OwnedLoc,
     owner: Owner,
     event_loop: Py<PyAny>,
     timeout: Option<f64>,
@@ -86,7 +88,7 @@ impl Starter {
             match PyAcquire::start_for(
                 py,
                 &self.inner,
-                &self.key,
+                &self.key.loc(),
                 self.owner,
                 self.event_loop.bind(py),
                 self.timeout,
@@ -140,17 +142,17 @@ pub struct PySessionLock {
     /// `context -> its lock -> manager -> context`: through the `Arc` alone that cycle is
     /// invisible and a context that keeps its session's lock would never be freed.
     manager: Py<PyAny>,
-    key: Box<str>,
+    key: OwnedLoc,
     /// Bounds the wait of `with` / `async with` (None: forever).
     timeout: Option<f64>,
 }
 
 impl PySessionLock {
-    pub fn new(manager: Py<PyAny>, inner: Arc<Inner>, key: &str, timeout: Option<f64>) -> Self {
+    pub fn new(manager: Py<PyAny>, inner: Arc<Inner>, key: &Loc<'_>, timeout: Option<f64>) -> Self {
         Self {
             inner,
             manager,
-            key: key.into(),
+            key: OwnedLoc::new(key),
             timeout,
         }
     }
@@ -158,7 +160,7 @@ impl PySessionLock {
     fn timed_out(&self) -> Error {
         Error::Timeout(format!(
             "could not lock session {:?} within {}s",
-            self.key,
+            self.key.loc(),
             self.timeout.unwrap_or(0.0)
         ))
     }
@@ -172,8 +174,8 @@ impl PySessionLock {
     }
 
     #[getter]
-    fn session_id(&self) -> &str {
-        &self.key
+    fn session_id(&self) -> String {
+        self.key.id_string()
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> std::result::Result<(), PyTraverseError> {
@@ -193,37 +195,37 @@ impl PySessionLock {
         };
         let timeout = config::rlock_timeout(blocking, timeout)?;
         let (owner, _) = current_owner(py)?;
-        self.inner.acquire_sync(py, &self.key, owner, timeout)
+        self.inner.acquire_sync(py, &self.key.loc(), owner, timeout)
     }
 
     fn release(&self, py: Python<'_>) -> Result<()> {
         let (owner, _) = current_owner(py)?;
-        self.inner.release(py, &self.key, owner)
+        self.inner.release(py, &self.key.loc(), owner)
     }
 
     fn locked(&self) -> bool {
-        self.inner.locks.is_held(&self.key)
+        self.inner.locks.is_held(&self.key.loc())
     }
 
     /// Used by `threading.Condition`: whether the caller holds this lock.
     fn _is_owned(&self, py: Python<'_>) -> PyResult<bool> {
         let (owner, _) = current_owner(py)?;
-        Ok(self.inner.locks.depth(&self.key, owner) > 0)
+        Ok(self.inner.locks.depth(&self.key.loc(), owner) > 0)
     }
 
     #[pyo3(signature = (timeout=None))]
     fn acquire_async(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         let timeout = config::optional_timeout("timeout", timeout).map_err(Error::from)?;
-        PyAcquire::start(py, &self.inner, &self.key, timeout, false)
+        PyAcquire::start(py, &self.inner, &self.key.loc(), timeout, false)
     }
 
     fn __enter__(&self, py: Python<'_>) -> Result<Py<PyAny>> {
         let (owner, _) = current_owner(py)?;
         if self
             .inner
-            .acquire_sync(py, &self.key, owner, self.timeout)?
+            .acquire_sync(py, &self.key.loc(), owner, self.timeout)?
         {
-            Ok(PyManager::context(&self.inner, py, &self.key))
+            Ok(PyManager::context(&self.inner, py, &self.key.loc()))
         } else {
             Err(self.timed_out())
         }
@@ -243,7 +245,7 @@ impl PySessionLock {
         match PyAcquire::start_for(
             py,
             &self.inner,
-            &self.key,
+            &self.key.loc(),
             owner,
             &event_loop,
             self.timeout,
@@ -261,7 +263,7 @@ impl PySessionLock {
     }
 
     fn __repr__(&self) -> String {
-        let state = if self.inner.locks.is_held(&self.key) {
+        let state = if self.inner.locks.is_held(&self.key.loc()) {
             "locked"
         } else {
             "unlocked"
@@ -275,7 +277,7 @@ impl PySessionLock {
 #[pyclass(frozen, module = "sessionlock._sessionlock", name = "_Acquire")]
 pub struct PyAcquire {
     inner: Arc<Inner>,
-    key: Box<str>,
+    key: OwnedLoc,
     owner: Owner,
     fut: Py<PyAny>,
     timer: Option<Py<PyAny>>,
@@ -285,7 +287,14 @@ pub struct PyAcquire {
     start: Instant,
     /// The outcome was handed to the awaiting coroutine (or cleaned up): nothing to undo.
     settled: AtomicBool,
+    /// `PENDING`, then `GRANTED` (set by the releaser that handed us the lock) or
+    /// `TIMED_OUT` (set by our timer once it withdrew us), each before the future is resolved.
+    verdict: Arc<AtomicU8>,
 }
+
+pub const PENDING: u8 = 0;
+pub const GRANTED: u8 = 1;
+pub const TIMED_OUT: u8 = 2;
 
 impl PyAcquire {
     /// The awaitable of `acquire_async()` / `__aenter__`: a coroutine that takes the lock
@@ -298,7 +307,7 @@ impl PyAcquire {
     pub fn start(
         py: Python<'_>,
         inner: &Arc<Inner>,
-        key: &str,
+        key: &Loc<'_>,
         timeout: Option<f64>,
         want_context: bool,
     ) -> PyResult<Py<PyAny>> {
@@ -307,7 +316,7 @@ impl PyAcquire {
         let event_loop = event_loop.ok_or_else(no_running_loop)?;
         let starter = Starter {
             inner: inner.clone(),
-            key: key.into(),
+            key: OwnedLoc::new(key),
             owner,
             event_loop: event_loop.unbind(),
             timeout,
@@ -322,7 +331,7 @@ impl PyAcquire {
     fn start_for(
         py: Python<'_>,
         inner: &Arc<Inner>,
-        key: &str,
+        key: &Loc<'_>,
         owner: Owner,
         event_loop: &Bound<'_, PyAny>,
         timeout: Option<f64>,
@@ -352,26 +361,28 @@ impl PyAcquire {
             unreachable!("wait=false never queues")
         }) {
             Outcome::Acquired { reentered } => {
-                inner.stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
+                inner.stats.bump(C::LockAcquires);
                 if !reentered {
                     inner.begin_hold(py, key); // reclaims a session that expired before
                 }
                 return settled(true);
             }
             _ if timeout == Some(0.0) => {
-                inner.stats.lock_timeouts.fetch_add(1, Ordering::Relaxed);
+                inner.stats.bump(C::LockTimeouts);
                 return settled(false);
             }
             _ => {}
         }
         let fut = event_loop.call_method0(pyo3::intern!(py, "create_future"))?;
+        let verdict = Arc::new(AtomicU8::new(PENDING));
         let payload = Wake::Task {
             fut: fut.clone().unbind(),
             event_loop: event_loop.clone().unbind(),
+            verdict: verdict.clone(),
         };
         let id = match inner.locks.acquire(key, owner, true, None, move || payload) {
             Outcome::Acquired { reentered } => {
-                inner.stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
+                inner.stats.bump(C::LockAcquires);
                 if !reentered {
                     inner.begin_hold(py, key);
                 }
@@ -380,7 +391,7 @@ impl PyAcquire {
             Outcome::Queued(id) => id,
             Outcome::Busy | Outcome::Deadlock => unreachable!("async waits always queue"),
         };
-        inner.stats.lock_contended.fetch_add(1, Ordering::Relaxed);
+        inner.stats.bump(C::LockContended);
         let timer = match timeout {
             Some(t) => Some(
                 event_loop
@@ -390,10 +401,11 @@ impl PyAcquire {
                             t,
                             WaiterTimeout {
                                 inner: inner.clone(),
-                                key: key.into(),
+                                key: OwnedLoc::new(key),
                                 id,
                                 owner,
                                 fut: fut.clone().unbind(),
+                                verdict: verdict.clone(),
                             },
                         ),
                     )?
@@ -403,7 +415,7 @@ impl PyAcquire {
         };
         let pending = Self {
             inner: inner.clone(),
-            key: key.into(),
+            key: OwnedLoc::new(key),
             owner,
             fut: fut.unbind(),
             timer,
@@ -411,6 +423,7 @@ impl PyAcquire {
             want_context,
             start: Instant::now(),
             settled: AtomicBool::new(false),
+            verdict,
         };
         Ok(Started::Pending(
             Bound::new(py, pending)?.into_any().unbind(),
@@ -439,14 +452,14 @@ impl PyAcquire {
         {
             // Resolved: True means the lock is ours (hand it on), False means timed out.
             if fut.call_method0(pyo3::intern!(py, "result"))?.is_truthy()? {
-                self.inner.release(py, &self.key, self.owner)?;
+                self.inner.release(py, &self.key.loc(), self.owner)?;
             }
             return Ok(());
         }
         // Pending or cancelled: a hand-off may have happened under the key-lock guard
         // before its (scheduled) resolution, so ask the queue, not the future.
         let _ = fut.call_method0(pyo3::intern!(py, "cancel"));
-        self.inner.abandon(py, &self.key, self.id, self.owner);
+        self.inner.abandon(py, &self.key.loc(), self.id, self.owner);
         Ok(())
     }
 }
@@ -458,19 +471,28 @@ impl PyAcquire {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
-        let fut = &self.fut;
-        let f = fut.bind(py);
-        if !f.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
-            f.setattr(pyo3::intern!(py, "_asyncio_future_blocking"), true)?;
-            return Ok(Some(fut.clone_ref(py)));
-        }
-        if f.call_method0(pyo3::intern!(py, "cancelled"))?
-            .is_truthy()?
-        {
-            // Cancelled without going through throw() (someone cancelled the future itself).
-            self.abandon(py)?;
-        }
-        let acquired = f.call_method0(pyo3::intern!(py, "result"))?.is_truthy()?; // raises CancelledError
+        // The verdict is stored before the future is resolved, so a woken waiter (the common
+        // case) learns its outcome without three calls into the future.
+        let acquired = match self.verdict.load(Ordering::Acquire) {
+            GRANTED => true,
+            TIMED_OUT => false,
+            _ => {
+                let fut = &self.fut;
+                let f = fut.bind(py);
+                if !f.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
+                    f.setattr(pyo3::intern!(py, "_asyncio_future_blocking"), true)?;
+                    return Ok(Some(fut.clone_ref(py)));
+                }
+                if f.call_method0(pyo3::intern!(py, "cancelled"))?
+                    .is_truthy()?
+                {
+                    // Cancelled without going through throw() (someone cancelled the future
+                    // itself).
+                    self.abandon(py)?;
+                }
+                f.call_method0(pyo3::intern!(py, "result"))?.is_truthy()? // raises CancelledError
+            }
+        };
         if self.settled.swap(true, Ordering::AcqRel) {
             return Err(PyRuntimeError::new_err(
                 "this acquire() awaitable was already awaited",
@@ -478,11 +500,13 @@ impl PyAcquire {
         }
         self.cancel_timer(py);
         let stats = &self.inner.stats;
-        let waited = self.start.elapsed().as_nanos() as u64;
-        stats.lock_wait_ns.fetch_add(waited, Ordering::Relaxed);
-        self.inner.metrics.waited(waited, acquired); // next to its stats bump: see metrics.rs
+        let waited = self.start.elapsed();
+        stats.record_wait(waited);
+        // next to its stats bump: see metrics.rs
+        let waited_ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
+        self.inner.metrics.waited(waited_ns, acquired);
         if !acquired {
-            stats.lock_timeouts.fetch_add(1, Ordering::Relaxed);
+            stats.bump(C::LockTimeouts);
             if self.want_context {
                 return Err(Error::Timeout(format!(
                     "could not lock session {:?} in time",
@@ -492,10 +516,10 @@ impl PyAcquire {
             }
             return Err(PyStopIteration::new_err((false,)));
         }
-        stats.lock_acquires.fetch_add(1, Ordering::Relaxed);
-        self.inner.begin_hold(py, &self.key);
+        stats.bump(C::LockAcquires);
+        self.inner.begin_hold(py, &self.key.loc());
         let value = if self.want_context {
-            PyManager::context(&self.inner, py, &self.key)
+            PyManager::context(&self.inner, py, &self.key.loc())
         } else {
             true.into_pyobject(py)?.to_owned().into_any().unbind()
         };
@@ -545,19 +569,24 @@ impl Drop for PyAcquire {
 #[pyclass(frozen, module = "sessionlock._sessionlock")]
 struct WaiterTimeout {
     inner: Arc<Inner>,
-    key: Box<str>,
+    key: OwnedLoc,
     id: u64,
     owner: Owner,
     fut: Py<PyAny>,
+    verdict: Arc<AtomicU8>,
 }
 
 #[pymethods]
 impl WaiterTimeout {
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
-        if let crate::keylock::Cancel::Removed(waiter) =
-            self.inner.locks.cancel(&self.key, self.id, self.owner)
-        {
+        let (cancel, next) = self
+            .inner
+            .locks
+            .cancel(&self.key.loc(), self.id, self.owner);
+        self.inner.tell(py, &self.key.loc(), next);
+        if let crate::keylock::Cancel::Removed(waiter) = cancel {
             drop(waiter);
+            self.verdict.store(TIMED_OUT, Ordering::Release);
             let fut = self.fut.bind(py);
             if !fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
                 fut.call_method1(pyo3::intern!(py, "set_result"), (false,))?;

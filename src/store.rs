@@ -7,7 +7,7 @@
 //! Invariants:
 //! - A shard lock is held only for the table operation itself. No method calls back into
 //!   the caller's code while holding it except the `held` predicate, which may only take the
-//!   key-lock table's (DashMap) read guard. Lock order: shard -> key-lock table, never the
+//!   key-lock table's shard mutex (keylock.rs). Lock order: shard -> key-lock table, never the
 //!   reverse (keylock.rs never touches the store).
 //! - Values that leave the map (replaced, removed, expired, evicted) are *returned* to the
 //!   caller, never dropped here: for `Py` values a drop can run `__del__`, which must happen
@@ -17,14 +17,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use foldhash::fast::RandomState;
 use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 use parking_lot::RwLock;
-use std::hash::BuildHasher;
+
+use crate::key::{Key, Loc};
 
 const SHARDS: usize = 16;
-const SHARD_SHIFT: u32 = 64 - SHARDS.trailing_zeros();
 /// Entries looked at per eviction (Redis uses 5; more gets closer to true LRU).
 const EVICTION_SAMPLES: usize = 8;
 /// Shards sampled per eviction; the oldest candidate among them is evicted.
@@ -56,106 +55,6 @@ impl Ttl {
         (self.idle_ns != 0
             && now.saturating_sub(slot.accessed.load(Ordering::Relaxed)) >= self.idle_ns)
             || (self.absolute_ns != 0 && now.saturating_sub(slot.created) >= self.absolute_ns)
-    }
-}
-
-/// A stored session id. Canonical uuid4 strings (what `create_session` makes, and what
-/// most callers pass) are packed into 16 inline bytes: no heap allocation per session, and
-/// a lookup compares 16 bytes in the slot instead of following a pointer. Any other string
-/// is boxed. A given string always takes the same form, so forms never need to compare.
-#[derive(Clone, PartialEq, Eq)]
-enum Key {
-    Uuid([u8; 16]),
-    Str(Box<str>),
-}
-
-#[derive(Clone, Copy)]
-enum KeyRef<'a> {
-    Uuid([u8; 16]),
-    Str(&'a str),
-}
-
-impl<'a> KeyRef<'a> {
-    fn new(s: &'a str) -> Self {
-        parse_uuid(s).map_or(KeyRef::Str(s), KeyRef::Uuid)
-    }
-}
-
-/// Parses the lowercase hyphenated form only (so that formatting gives the same string back).
-/// Table-driven and branch-light: it runs on every lookup.
-fn parse_uuid(s: &str) -> Option<[u8; 16]> {
-    const INVALID: u8 = 0xFF;
-    static HEX: [u8; 256] = {
-        let mut t = [INVALID; 256];
-        let mut c = 0;
-        while c < 10 {
-            t[b'0' as usize + c] = c as u8;
-            c += 1;
-        }
-        let mut c = 0;
-        while c < 6 {
-            t[b'a' as usize + c] = 10 + c as u8;
-            c += 1;
-        }
-        t
-    };
-    // Offsets of the 16 byte pairs in "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx".
-    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
-    let b = s.as_bytes();
-    if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
-        return None;
-    }
-    let mut out = [0u8; 16];
-    let mut bad = 0u8;
-    for (o, &i) in out.iter_mut().zip(AT.iter()) {
-        let (hi, lo) = (HEX[b[i] as usize], HEX[b[i + 1] as usize]);
-        bad |= hi | lo;
-        *o = (hi << 4) | (lo & 0x0F);
-    }
-    // Valid nibbles are < 16; INVALID sets the high bits.
-    (bad & 0xF0 == 0).then_some(out)
-}
-
-impl Key {
-    fn from_ref(k: KeyRef<'_>) -> Self {
-        match k {
-            KeyRef::Uuid(u) => Key::Uuid(u),
-            KeyRef::Str(s) => Key::Str(s.into()),
-        }
-    }
-
-    fn as_ref(&self) -> KeyRef<'_> {
-        match self {
-            Key::Uuid(u) => KeyRef::Uuid(*u),
-            Key::Str(s) => KeyRef::Str(s),
-        }
-    }
-
-    fn matches(&self, k: KeyRef<'_>) -> bool {
-        match (self, k) {
-            (Key::Uuid(a), KeyRef::Uuid(b)) => *a == b,
-            (Key::Str(a), KeyRef::Str(b)) => &**a == b,
-            _ => false,
-        }
-    }
-
-    fn with_str<R>(&self, f: impl FnOnce(&str) -> R) -> R {
-        match self {
-            Key::Uuid(u) => {
-                let mut buf = uuid::Uuid::encode_buffer();
-                f(uuid::Uuid::from_bytes(*u)
-                    .hyphenated()
-                    .encode_lower(&mut buf))
-            }
-            Key::Str(s) => f(s),
-        }
-    }
-
-    fn into_box(self) -> Box<str> {
-        match self {
-            Key::Str(s) => s,
-            Key::Uuid(_) => self.with_str(|s| Box::from(s)),
-        }
     }
 }
 
@@ -192,11 +91,10 @@ pub enum Remove<V> {
 
 /// Whether a key is pinned (held under a session lock): pinned entries neither expire
 /// nor get evicted.
-pub type Held<'a> = &'a dyn Fn(&str) -> bool;
+pub type Held<'a> = &'a dyn Fn(&Loc<'_>) -> bool;
 
 pub struct Store<V> {
     shards: Box<[RwLock<HashTable<Slot<V>>>]>,
-    hasher: RandomState,
     len: AtomicUsize,
     rng: AtomicU64,
 }
@@ -212,7 +110,6 @@ impl<V> Store<V> {
     pub fn new() -> Self {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
-            hasher: RandomState::default(),
             len: AtomicUsize::new(0),
             rng: AtomicU64::new(0x9E37_79B9_7F4A_7C15),
         }
@@ -224,18 +121,11 @@ impl<V> Store<V> {
     }
 
     #[inline]
-    fn hash_of(&self, k: KeyRef<'_>) -> u64 {
-        match k {
-            KeyRef::Uuid(u) => self.hasher.hash_one(u128::from_ne_bytes(u)),
-            KeyRef::Str(s) => self.hasher.hash_one(s),
-        }
-    }
-
-    #[inline]
-    fn locate<'k>(&self, key: &'k str) -> (KeyRef<'k>, u64, &RwLock<HashTable<Slot<V>>>) {
-        let k = KeyRef::new(key);
-        let hash = self.hash_of(k);
-        (k, hash, &self.shards[(hash >> SHARD_SHIFT) as usize])
+    fn shard(&self, k: &Loc<'_>) -> &RwLock<HashTable<Slot<V>>> {
+        // Bits the shard's own table does not use: hashbrown takes the low bits for the
+        // position and the top seven for its tag (sharding on those would leave the tags of
+        // one shard with three bits of entropy, and lookups comparing more keys).
+        &self.shards[(k.hash >> 44) as usize % SHARDS]
     }
 
     /// Number of stored entries, including expired ones not yet reclaimed.
@@ -253,15 +143,14 @@ impl<V> Store<V> {
     /// run foreign code; an incref is fine). `touch` refreshes the idle clock on a hit.
     pub fn get<R>(
         &self,
-        key: &str,
+        k: &Loc<'_>,
         now: u64,
         ttl: Ttl,
         touch: bool,
         f: impl FnOnce(&V) -> R,
     ) -> Get<R> {
-        let (k, hash, shard) = self.locate(key);
-        let table = shard.read();
-        match table.find(hash, |s| s.key.matches(k)) {
+        let table = self.shard(k).read();
+        match table.find(k.hash, |s| s.key.matches(k.key)) {
             None => Get::Miss,
             Some(slot) if ttl.is_enabled() && ttl.expired(slot, now) => {
                 Get::Expired(f(&slot.value))
@@ -280,25 +169,24 @@ impl<V> Store<V> {
     /// `overwrite`, also replaces a live value.
     pub fn insert(
         &self,
-        key: &str,
+        k: &Loc<'_>,
         value: V,
         now: u64,
         ttl: Ttl,
         held: Held<'_>,
         overwrite: bool,
     ) -> Insert<V> {
-        let (k, hash, shard) = self.locate(key);
-        let mut table = shard.write();
-        let hasher = |s: &Slot<V>| self.hash_of(s.key.as_ref());
-        match table.entry(hash, |s| s.key.matches(k), hasher) {
+        let mut table = self.shard(k).write();
+        let hasher = |s: &Slot<V>| s.key.as_ref().hash();
+        match table.entry(k.hash, |s| s.key.matches(k.key), hasher) {
             Entry::Occupied(mut e) => {
                 let slot = e.get_mut();
-                if ttl.is_enabled() && ttl.expired(slot, now) && !held(key) {
+                if ttl.is_enabled() && ttl.expired(slot, now) && !held(k) {
                     let old = std::mem::replace(&mut slot.value, value);
                     slot.created = now;
                     *slot.accessed.get_mut() = now;
                     Insert::Inserted {
-                        expired: Some((key.into(), old)),
+                        expired: Some((slot.key.clone().into_box(), old)),
                     }
                 } else if overwrite {
                     *slot.accessed.get_mut() = now;
@@ -311,7 +199,7 @@ impl<V> Store<V> {
             }
             Entry::Vacant(e) => {
                 e.insert(Slot {
-                    key: Key::from_ref(k),
+                    key: Key::from_ref(k.key),
                     value,
                     created: now,
                     accessed: AtomicU64::new(now),
@@ -328,18 +216,17 @@ impl<V> Store<V> {
     /// nothing changes.
     pub fn replace_existing(
         &self,
-        key: &str,
+        k: &Loc<'_>,
         value: V,
         now: u64,
         ttl: Ttl,
         held: Held<'_>,
         expected: impl FnOnce(&V) -> bool,
     ) -> Result<V, V> {
-        let (k, hash, shard) = self.locate(key);
-        let mut table = shard.write();
-        match table.find_mut(hash, |s| s.key.matches(k)) {
+        let mut table = self.shard(k).write();
+        match table.find_mut(k.hash, |s| s.key.matches(k.key)) {
             Some(slot)
-                if !(ttl.is_enabled() && ttl.expired(slot, now) && !held(key))
+                if !(ttl.is_enabled() && ttl.expired(slot, now) && !held(k))
                     && expected(&slot.value) =>
             {
                 *slot.accessed.get_mut() = now;
@@ -349,13 +236,12 @@ impl<V> Store<V> {
         }
     }
 
-    pub fn remove(&self, key: &str, now: u64, ttl: Ttl, held: Held<'_>) -> Remove<V> {
-        let (k, hash, shard) = self.locate(key);
-        let mut table = shard.write();
-        let Ok(entry) = table.find_entry(hash, |s| s.key.matches(k)) else {
+    pub fn remove(&self, k: &Loc<'_>, now: u64, ttl: Ttl, held: Held<'_>) -> Remove<V> {
+        let mut table = self.shard(k).write();
+        let Ok(entry) = table.find_entry(k.hash, |s| s.key.matches(k.key)) else {
             return Remove::Missing;
         };
-        let expired = ttl.is_enabled() && ttl.expired(entry.get(), now) && !held(key);
+        let expired = ttl.is_enabled() && ttl.expired(entry.get(), now) && !held(k);
         let (slot, _) = entry.remove();
         self.len.fetch_sub(1, Ordering::Relaxed);
         if expired {
@@ -368,7 +254,7 @@ impl<V> Store<V> {
     /// Removes `key` only if it is (still) expired and not held.
     pub fn remove_if_expired(
         &self,
-        key: &str,
+        k: &Loc<'_>,
         now: u64,
         ttl: Ttl,
         held: Held<'_>,
@@ -376,10 +262,9 @@ impl<V> Store<V> {
         if !ttl.is_enabled() {
             return None;
         }
-        let (k, hash, shard) = self.locate(key);
-        let mut table = shard.write();
-        let entry = table.find_entry(hash, |s| s.key.matches(k)).ok()?;
-        if !ttl.expired(entry.get(), now) || held(key) {
+        let mut table = self.shard(k).write();
+        let entry = table.find_entry(k.hash, |s| s.key.matches(k.key)).ok()?;
+        if !ttl.expired(entry.get(), now) || held(k) {
             return None;
         }
         let (slot, _) = entry.remove();
@@ -388,8 +273,8 @@ impl<V> Store<V> {
     }
 
     /// Refreshes the idle clock of `key`.
-    pub fn touch(&self, key: &str, now: u64, ttl: Ttl) -> Get<()> {
-        self.get(key, now, ttl, true, |_| ())
+    pub fn touch(&self, k: &Loc<'_>, now: u64, ttl: Ttl) -> Get<()> {
+        self.get(k, now, ttl, true, |_| ())
     }
 
     /// Removes every expired, unheld entry of shard `index` and returns them.
@@ -410,7 +295,7 @@ impl<V> Store<V> {
         }
         let mut table = shard.write();
         let out: Vec<_> = table
-            .extract_if(|s| ttl.expired(s, now) && !s.key.with_str(held))
+            .extract_if(|s| ttl.expired(s, now) && !held(&s.key.loc()))
             .map(|s| (s.key.into_box(), s.value))
             .collect();
         self.len.fetch_sub(out.len(), Ordering::Relaxed);
@@ -440,7 +325,7 @@ impl<V> Store<V> {
                     .skip(start)
                     .chain(table.iter())
                     .take(EVICTION_SAMPLES.min(n))
-                    .filter(|s| !s.key.with_str(held))
+                    .filter(|s| !held(&s.key.loc()))
                     .map(|s| (s.accessed.load(Ordering::Relaxed), s))
                     .min_by_key(|(seen, _)| *seen);
                 if let Some((seen, slot)) = candidate {
@@ -452,10 +337,10 @@ impl<V> Store<V> {
             let Some((index, key, seen)) = best else {
                 continue;
             };
-            let hash = self.hash_of(key.as_ref());
+            let k = key.loc();
             let mut table = self.shards[index].write();
-            if let Ok(entry) = table.find_entry(hash, |s| s.key == key) {
-                if entry.get().accessed.load(Ordering::Relaxed) == seen && !key.with_str(held) {
+            if let Ok(entry) = table.find_entry(k.hash, |s| s.key == key) {
+                if entry.get().accessed.load(Ordering::Relaxed) == seen && !held(&k) {
                     let (slot, _) = entry.remove();
                     self.len.fetch_sub(1, Ordering::Relaxed);
                     return Some((slot.key.into_box(), slot.value));
@@ -473,7 +358,7 @@ impl<V> Store<V> {
             out.extend(
                 table
                     .iter()
-                    .filter(|s| !(ttl.is_enabled() && ttl.expired(s, now)) || s.key.with_str(held))
+                    .filter(|s| !(ttl.is_enabled() && ttl.expired(s, now)) || held(&s.key.loc()))
                     .map(|s| s.key.with_str(str::to_owned)),
             );
         }
@@ -519,34 +404,48 @@ impl<V> Store<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key::Loc;
 
     const NONE: Ttl = Ttl {
         idle_ns: 0,
         absolute_ns: 0,
     };
-    fn never(_: &str) -> bool {
+    fn never(_: &Loc<'_>) -> bool {
         false
+    }
+
+    fn is(name: &str) -> impl Fn(&Loc<'_>) -> bool + '_ {
+        move |k: &Loc<'_>| *k == Loc::new(name)
     }
 
     #[test]
     fn insert_get_remove() {
         let s: Store<u32> = Store::new();
         assert!(matches!(
-            s.insert("a", 1, 1, NONE, &never, false),
+            s.insert(&Loc::new("a"), 1, 1, NONE, &never, false),
             Insert::Inserted { expired: None }
         ));
         assert!(matches!(
-            s.insert("a", 2, 1, NONE, &never, false),
+            s.insert(&Loc::new("a"), 2, 1, NONE, &never, false),
             Insert::Present { rejected: 2 }
         ));
-        assert!(matches!(s.get("a", 1, NONE, true, |v| *v), Get::Hit(1)));
         assert!(matches!(
-            s.insert("a", 3, 1, NONE, &never, true),
+            s.get(&Loc::new("a"), 1, NONE, true, |v| *v),
+            Get::Hit(1)
+        ));
+        assert!(matches!(
+            s.insert(&Loc::new("a"), 3, 1, NONE, &never, true),
             Insert::Replaced { previous: 1 }
         ));
         assert_eq!(s.len(), 1);
-        assert!(matches!(s.remove("a", 1, NONE, &never), Remove::Removed(3)));
-        assert!(matches!(s.remove("a", 1, NONE, &never), Remove::Missing));
+        assert!(matches!(
+            s.remove(&Loc::new("a"), 1, NONE, &never),
+            Remove::Removed(3)
+        ));
+        assert!(matches!(
+            s.remove(&Loc::new("a"), 1, NONE, &never),
+            Remove::Missing
+        ));
         assert!(s.is_empty());
     }
 
@@ -557,21 +456,29 @@ mod tests {
             idle_ns: 10,
             absolute_ns: 0,
         };
-        s.insert("a", 1, 100, ttl, &never, false);
-        assert!(matches!(s.get("a", 105, ttl, true, |v| *v), Get::Hit(1)));
-        // touched at 105, so alive at 114, expired at 115
-        assert!(matches!(s.get("a", 114, ttl, false, |v| *v), Get::Hit(1)));
+        s.insert(&Loc::new("a"), 1, 100, ttl, &never, false);
         assert!(matches!(
-            s.get("a", 115, ttl, false, |v| *v),
+            s.get(&Loc::new("a"), 105, ttl, true, |v| *v),
+            Get::Hit(1)
+        ));
+        // touched at 105, so alive at 114, expired at 115
+        assert!(matches!(
+            s.get(&Loc::new("a"), 114, ttl, false, |v| *v),
+            Get::Hit(1)
+        ));
+        assert!(matches!(
+            s.get(&Loc::new("a"), 115, ttl, false, |v| *v),
             Get::Expired(1)
         ));
-        let pinned = |k: &str| k == "a";
-        assert!(s.remove_if_expired("a", 200, ttl, &pinned).is_none());
+        let pinned = is("a");
         assert!(s
-            .replace_existing("a", 8, 200, ttl, &pinned, |v| *v == 2)
+            .remove_if_expired(&Loc::new("a"), 200, ttl, &pinned)
+            .is_none());
+        assert!(s
+            .replace_existing(&Loc::new("a"), 8, 200, ttl, &pinned, |v| *v == 2)
             .is_err());
         assert!(s
-            .replace_existing("a", 7, 200, ttl, &pinned, |v| *v == 1)
+            .replace_existing(&Loc::new("a"), 7, 200, ttl, &pinned, |v| *v == 1)
             .is_ok());
         assert_eq!(s.purge_shard(0, 400, ttl, &pinned).len() + s.len(), 1);
         let mut purged = 0;
@@ -588,14 +495,14 @@ mod tests {
             idle_ns: 0,
             absolute_ns: 10,
         };
-        s.insert("a", 1, 100, ttl, &never, false);
-        assert!(matches!(s.touch("a", 109, ttl), Get::Hit(())));
+        s.insert(&Loc::new("a"), 1, 100, ttl, &never, false);
+        assert!(matches!(s.touch(&Loc::new("a"), 109, ttl), Get::Hit(())));
         assert!(matches!(
-            s.get("a", 110, ttl, true, |v| *v),
+            s.get(&Loc::new("a"), 110, ttl, true, |v| *v),
             Get::Expired(1)
         ));
         // an expired occupant counts as absent for insert, and is handed back
-        match s.insert("a", 2, 111, ttl, &never, false) {
+        match s.insert(&Loc::new("a"), 2, 111, ttl, &never, false) {
             Insert::Inserted {
                 expired: Some((k, 1)),
             } => assert_eq!(&*k, "a"),
@@ -607,13 +514,20 @@ mod tests {
     fn eviction_prefers_old_and_skips_held() {
         let s: Store<u32> = Store::new();
         for i in 0..4u32 {
-            s.insert(&format!("k{i}"), i, u64::from(i) + 1, NONE, &never, false);
+            s.insert(
+                &Loc::new(&format!("k{i}")),
+                i,
+                u64::from(i) + 1,
+                NONE,
+                &never,
+                false,
+            );
         }
-        let held = |k: &str| k == "k0";
+        let held = is("k0");
         let (k, _) = s.evict_one(&held).expect("an entry to evict");
         assert_ne!(&*k, "k0");
         assert_eq!(s.len(), 3);
-        let all_held = |_: &str| true;
+        let all_held = |_: &Loc<'_>| true;
         assert!(s.evict_one(&all_held).is_none());
     }
 
@@ -622,29 +536,28 @@ mod tests {
         let s: Store<u32> = Store::new();
         let canon = "0b9d7c3e-4f1a-4c2b-9d8e-7f6a5b4c3d2e";
         let upper = "0B9D7C3E-4F1A-4C2B-9D8E-7F6A5B4C3D2E";
-        assert!(parse_uuid(canon).is_some());
-        assert!(
-            parse_uuid(upper).is_none(),
-            "only the canonical form is packed"
-        );
-        assert!(parse_uuid("0b9d7c3e-4f1a-4c2b-9d8e-7f6a5b4c3d2").is_none());
-        assert!(parse_uuid("0b9d7c3e_4f1a-4c2b-9d8e-7f6a5b4c3d2e").is_none());
-        s.insert(canon, 1, 1, NONE, &never, false);
-        s.insert(upper, 2, 1, NONE, &never, false);
-        assert!(matches!(s.get(canon, 1, NONE, false, |v| *v), Get::Hit(1)));
-        assert!(matches!(s.get(upper, 1, NONE, false, |v| *v), Get::Hit(2)));
+        s.insert(&Loc::new(canon), 1, 1, NONE, &never, false);
+        s.insert(&Loc::new(upper), 2, 1, NONE, &never, false);
+        assert!(matches!(
+            s.get(&Loc::new(canon), 1, NONE, false, |v| *v),
+            Get::Hit(1)
+        ));
+        assert!(matches!(
+            s.get(&Loc::new(upper), 1, NONE, false, |v| *v),
+            Get::Hit(2)
+        ));
         let mut keys = s.keys(1, NONE, &never);
         keys.sort();
         assert_eq!(keys, vec![upper.to_string(), canon.to_string()]);
         let seen = std::cell::RefCell::new(Vec::new());
-        let held = |k: &str| {
-            seen.borrow_mut().push(k.to_string());
+        let held = |k: &Loc<'_>| {
+            seen.borrow_mut().push(k.hash);
             true
         };
         assert!(s.evict_one(&held).is_none());
         assert!(
-            seen.borrow().iter().any(|k| k == canon),
-            "held() sees the original string"
+            seen.borrow().contains(&Loc::new(canon).hash),
+            "held() sees the original key"
         );
     }
 
@@ -652,7 +565,7 @@ mod tests {
     fn keys_and_drain() {
         let s: Store<u32> = Store::new();
         for i in 0..100u32 {
-            s.insert(&i.to_string(), i, 1, NONE, &never, false);
+            s.insert(&Loc::new(&i.to_string()), i, 1, NONE, &never, false);
         }
         let mut keys = s.keys(1, NONE, &never);
         keys.sort_by_key(|k| k.parse::<u32>().unwrap());

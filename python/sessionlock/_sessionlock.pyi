@@ -73,8 +73,11 @@ class SessionLock(Generic[_C]):
 
     ``threading.RLock`` interface plus ``acquire_async``; a context manager both ways. The
     owner is the running asyncio task if there is one, else the thread; the owner may
-    re-enter. Waiters are served first-in first-out across threads and tasks. The lock
-    state exists only while someone holds or waits for it.
+    re-enter. Waiters are served first-in first-out across threads and tasks, with eventual
+    fairness (as ``parking_lot``): a caller that finds the lock free may take it ahead of a
+    queued thread only while that thread has waited less than 0.5 ms; after that the release
+    hands the lock to it directly. The lock state exists only while someone holds or waits
+    for it.
     """
 
     def __class_getitem__(cls, item: Any, /) -> types.GenericAlias: ...
@@ -169,7 +172,8 @@ class BaseSessionManager(Generic[_C]):
     def session_ids(self) -> list[str]: ...
     def stats(self) -> dict[str, int]:
         """Counters: sessions, locks, hits, misses, creates, expired, evicted, lock_acquires,
-        lock_contended, lock_timeouts, lock_wait_ns, factory_runs."""
+        lock_contended, lock_timeouts, lock_wait_ns, lock_wait_max_ns (the longest single
+        wait for a session lock, until it was handed over or taken), factory_runs."""
     def _metrics(self) -> _MetricsSnapshot:
         """This manager's metrics (``kind="session"``); no I/O, no Python code run."""
     def __len__(self) -> int: ...
@@ -554,3 +558,8 @@ class RedisSessionManager(Generic[_C]):
     def _safe_get_or_create(self, session_id: str, factory_func: Callable[[], _C]) -> _C: ...
     def _safe_get(self, session_id: str) -> _C | None: ...
     def _safe_delete(self, session_id: str) -> bool: ...
+
+def _set_lock_fairness(manager: BaseSessionManager[Any], seconds: float | None) -> None:
+    """Not API (tests and benchmarks of the lock policy): how long a queued thread may be
+    overtaken by callers that find the lock free before it is handed the lock directly
+    (default 0.0005; 0 gives a strict FIFO hand-off, None unbounded barging)."""

@@ -476,3 +476,31 @@ def test_expired_memory_is_reclaimed_by_any_later_calls(call: str) -> None:
         i += 1
         if i % 100 == 0:
             pass_time(0.001)
+
+
+@pytest.mark.parametrize("call", ["get_session", "delete_session", "acquire_release"])
+def test_housekeeping_catches_up_after_an_idle_spell(call: str) -> None:
+    # Issue 8 item 8: housekeeping used to sweep one of its shards per step of wall time, so
+    # a burst of calls after an idle spell reclaimed one or two shards and the rest of the
+    # expired contexts stayed in memory. The first calls after the spell must reclaim all of
+    # it (no purge_expired(), no access to those ids, no time passing during the burst).
+    mgr: Mgr = BaseSessionManager(idle_ttl=TTL)
+    refs = []
+    for i in range(256):  # spread over every shard
+        c = Ctx(str(i))
+        refs.append(weakref.ref(c))
+        mgr.insert_session(f"s{i}", c)
+        del c
+    pass_time(TTL * 4)  # the idle spell: many sweep steps, and a full cycle of shards, long
+    for i in range(40):  # a burst of a few dozen calls, well under a millisecond
+        if call == "get_session":
+            mgr.get_session("unrelated")
+        elif call == "delete_session":
+            mgr.delete_session(f"other{i}")
+        else:
+            lk = mgr.lock(f"other{i}")
+            lk.acquire()
+            lk.release()
+    alive = sum(r() is not None for r in refs)
+    assert alive == 0, f"{alive} of 256 expired contexts still in memory after the burst"
+    assert mgr.stats()["expired"] == 256
