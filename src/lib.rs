@@ -10,10 +10,8 @@
 //! the Redis-backed sessions: `redis_session` (RedisSessionManager and its lock),
 //! `session_scripts` (their Lua) and `session_value` (stored format and signature).
 
-pub mod counters;
 pub mod errors;
 pub mod held_keys;
-pub mod key;
 pub mod keylock;
 pub mod manager;
 pub mod metrics;
@@ -23,12 +21,12 @@ pub mod redis_lock;
 pub mod redis_scripts;
 pub mod redis_session;
 pub mod session_lock;
-pub mod store;
 
 // The core's modules under the names this crate has always used for them.
 pub use sessionlock_core::limits as config;
-pub use sessionlock_core::random;
+pub use sessionlock_core::local::{key, store};
 pub use sessionlock_core::session::{scripts as session_scripts, value as session_value};
+pub use sessionlock_core::{counters, random};
 
 use pyo3::prelude::*;
 

@@ -21,7 +21,7 @@ use hashbrown::hash_table::Entry;
 use hashbrown::HashTable;
 use parking_lot::RwLock;
 
-use crate::key::{Key, Loc};
+use crate::local::key::{Key, Loc};
 
 const SHARDS: usize = 16;
 /// Entries looked at per eviction (Redis uses 5; more gets closer to true LRU).
@@ -404,7 +404,7 @@ impl<V> Store<V> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::key::Loc;
+    use crate::local::key::Loc;
 
     const NONE: Ttl = Ttl {
         idle_ns: 0,
