@@ -65,7 +65,8 @@ nox.options.sessions = [f"{'full' if v == FULL else 'smoke'}-{v}" for v in VERSI
 
 
 def _describe(python: str) -> Optional[str]:
-    """``"3.12 cpython"`` (plus ``" freethreaded"``) for a working interpreter, else None."""
+    """``"3.12 cpython gil"`` / ``"3.14 cpython freethreaded"`` for a working interpreter,
+    None for one that does not run (e.g. a pyenv shim of a version not selected)."""
     code = (
         "import sys, sysconfig; print('%d.%d' % sys.version_info[:2], "
         "sys.implementation.name, 'freethreaded' if sysconfig.get_config_var("

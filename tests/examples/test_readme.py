@@ -73,3 +73,16 @@ def test_testing_plugin_as_documented(tmp_path: Path, redis_server: object) -> N
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert re.search(r"\b2 passed\b", proc.stdout), proc.stdout
+
+
+def test_testing_helper_needs_no_pytest() -> None:
+    """docs/testing.md: `import sessionlock` and `RedisServer` (what the benchmarks use) never
+    import pytest; the fixtures exist only inside a pytest run."""
+    code = (
+        "import sys, sessionlock\n"
+        "assert 'pytest' not in sys.modules\n"
+        "from sessionlock.testing import RedisServer, free_port\n"
+        "import sessionlock.testing as t\n"
+        "assert 'pytest' not in sys.modules and not hasattr(t, 'redis_url')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
