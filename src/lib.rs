@@ -30,7 +30,10 @@ pub use sessionlock_core::{counters, random};
 
 use pyo3::prelude::*;
 
-#[pymodule]
+// Until the whole suite has run on a free-threaded CPython (none exists on the machines this
+// is built and tested on: docs/free-threading.md), the module says it needs the GIL, so a
+// 3.14t interpreter re-enables it on import instead of running code never tried without it.
+#[pymodule(gil_used = true)]
 fn _sessionlock(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;

@@ -144,7 +144,10 @@ pub fn current_owner(py: Python<'_>) -> PyResult<(Owner, Option<Bound<'_, PyAny>
 }
 
 /// `asyncio.current_task(loop)`. On CPython <= 3.11 that function is pure Python (~0.5 us),
-/// so read the C module's `_current_tasks` dict directly when it exists.
+/// so there we read the C module's `_current_tasks` dict directly. From 3.12 on it is C, and
+/// 3.14 keeps the current task on the thread state instead of in that dict (which would then
+/// name no task, and every task of a loop would look like the thread: no exclusion between
+/// tasks), so the dict is never read there.
 fn current_task<'py>(
     py: Python<'py>,
     lp: &Bound<'py, PyAny>,
@@ -152,6 +155,9 @@ fn current_task<'py>(
     static TASKS: PyOnceLock<Option<Py<PyDict>>> = PyOnceLock::new();
     static CURRENT_TASK: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
     let tasks = TASKS.get_or_init(py, || {
+        if py.version_info() >= (3, 12) {
+            return None;
+        }
         py.import("_asyncio")
             .and_then(|m| m.getattr("_current_tasks"))
             .ok()

@@ -33,13 +33,24 @@ use crate::keylock::{Outcome, Owner};
 use crate::manager::{Inner, PyManager, Wake};
 use crate::pyglue::current_owner;
 
-/// Resolves a waiter's future with `True` unless it is already done (cancelled).
+/// Resolves a waiter's future with `True` unless it is already done (cancelled). One call,
+/// not `done()` then `set_result()`: without a GIL a cancellation from another thread could
+/// fall between the two, so "already done" is read from the `InvalidStateError` instead.
 pub fn resolve_waiter(fut: &Bound<'_, PyAny>) -> PyResult<()> {
+    static INVALID_STATE: PyOnceLock<Py<PyType>> = PyOnceLock::new();
     let py = fut.py();
-    if !fut.call_method0(pyo3::intern!(py, "done"))?.is_truthy()? {
-        fut.call_method1(pyo3::intern!(py, "set_result"), (true,))?;
+    match fut.call_method1(pyo3::intern!(py, "set_result"), (true,)) {
+        Ok(_) => Ok(()),
+        Err(e)
+            if e.is_instance(
+                py,
+                INVALID_STATE.import(py, "asyncio", "InvalidStateError")?,
+            ) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
-    Ok(())
 }
 
 #[pyfunction]

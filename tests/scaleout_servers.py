@@ -48,7 +48,7 @@ def _wait(pred: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
         if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.05)  # sleep-ok: waiting on foreign processes (redis-server, sentinel)
 
 
@@ -198,7 +198,9 @@ class SentinelSet:
         for s in self.sentinels:
             self._write_sentinel_conf(s, self.master.port)
             s.start()
-        _wait(self.settled, "the sentinels to see the replica and each other")
+        # Sentinels discover each other through hello messages every 2 s: allow for a busy
+        # machine (CI shares two cores with the build)
+        _wait(self.settled, "the sentinels to see the replica and each other", timeout=90)
 
     def master_port(self) -> int:
         out = _cli(self.sentinels[0].port, "sentinel", "get-master-addr-by-name", self.SERVICE)

@@ -57,6 +57,7 @@ def test_passwords_stay_out_of_reprs() -> None:
 # --- Cluster -------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(180)  # may include starting the shared servers
 def test_one_locks_keys_share_a_slot(redis_cluster: RedisCluster) -> None:
     lk = RedisLock(redis_cluster.url, prefix="slots:", fallback="raise")
     r = redis_cluster.client()
@@ -73,6 +74,7 @@ def test_one_locks_keys_share_a_slot(redis_cluster: RedisCluster) -> None:
     lk.close()
 
 
+@pytest.mark.timeout(180)  # may include starting the shared servers
 def test_exclusion_across_4_processes_with_increasing_fences(
     redis_cluster: RedisCluster, tmp_path: Path
 ) -> None:
@@ -99,6 +101,7 @@ def test_exclusion_across_4_processes_with_increasing_fences(
         assert fences == sorted(fences)  # strictly increasing as each worker saw them
 
 
+@pytest.mark.timeout(180)  # may include starting the shared servers
 def test_a_waiter_is_woken_by_the_release_not_the_lease(redis_cluster: RedisCluster) -> None:
     lk = RedisLock(redis_cluster.url, prefix="wake:", ttl=30, fallback="raise")
     key = new_key()
@@ -120,6 +123,7 @@ def test_a_waiter_is_woken_by_the_release_not_the_lease(redis_cluster: RedisClus
     lk.close()
 
 
+@pytest.mark.timeout(180)  # may include starting the shared servers
 def test_sessions_shared_by_4_processes_lose_no_update(redis_cluster: RedisCluster) -> None:
     prefix = f"t{uuid.uuid4().hex[:8]}:s:"
     mgr: RedisSessionManager[dict[str, Any]] = RedisSessionManager(redis_cluster.url, prefix=prefix)
@@ -147,6 +151,7 @@ def test_sessions_shared_by_4_processes_lose_no_update(redis_cluster: RedisClust
     assert mgr.session_ids() == []
 
 
+@pytest.mark.timeout(180)  # may include starting the shared servers
 def test_reshard_while_locking_surfaces_no_error(
     redis_cluster: RedisCluster, tmp_path: Path
 ) -> None:
@@ -178,6 +183,7 @@ def test_reshard_while_locking_surfaces_no_error(
 # --- Sentinel ------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(180)  # may include starting the shared servers
 def test_lock_and_sessions_through_sentinel(redis_sentinel: SentinelSet) -> None:
     lk = RedisLock(redis_sentinel.url, prefix="sent:", fallback="raise")
     with lk.acquire("job") as h:
@@ -228,6 +234,7 @@ def test_min_replicas_bad_input(redis_url: str, bad: Any) -> None:
         RedisLock(redis_url, min_replicas=1, replica_timeout=-1)
 
 
+@pytest.mark.timeout(180)  # may include starting the shared servers
 def test_min_replicas_met_through_sentinel(redis_sentinel: SentinelSet) -> None:
     lk = RedisLock(redis_sentinel.url, prefix="rep:", min_replicas=1, fallback="raise")
     with lk.acquire("job") as h:

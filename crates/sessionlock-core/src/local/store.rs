@@ -391,13 +391,20 @@ impl<V> Store<V> {
     }
 
     fn next_random(&self) -> u64 {
-        // xorshift64*: eviction sampling only needs cheap, well-spread numbers.
-        let mut x = self.rng.load(Ordering::Relaxed);
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.rng.store(x, Ordering::Relaxed);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        // xorshift64*: eviction sampling only needs cheap, well-spread numbers. One atomic
+        // step (not a load and a store), so two threads never draw the same sample, with or
+        // without a GIL serializing them.
+        let step = |mut x: u64| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x
+        };
+        let prev = self
+            .rng
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |x| Some(step(x)))
+            .expect("the update always succeeds");
+        step(prev).wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 }
 
