@@ -37,8 +37,11 @@ test:  ## cargo test (the core without Python, then the binding), then the pytes
 	cargo test --workspace --quiet
 	$(PY) -m pytest -q
 
-bench: bench-redis bench-redis-session  ## all benchmarks (needs only the bench extra)
+bench: bench-core bench-redis bench-redis-session  ## all benchmarks (needs only the bench extra)
 	$(PY) tests/benchmarks/bench_manager.py
+
+bench-core:  ## criterion benchmarks of the pure-Rust core (no Python): session map, key locks
+	cargo bench -p sessionlock-core
 
 bench-redis:  ## RedisLock vs redis-py Lock, python-redis-lock, pottery (needs the bench extra)
 	$(PY) tests/benchmarks/bench_redis_lock.py
