@@ -10,22 +10,20 @@
 //! `session_scripts` (their Lua) and `session_value` (stored format and signature).
 
 pub mod errors;
-pub mod held_keys;
 pub mod keylock;
 pub mod manager;
 pub mod metrics;
 mod pyglue;
 pub mod redis_conn;
 pub mod redis_lock;
-pub mod redis_scripts;
 pub mod redis_session;
 pub mod session_lock;
 pub mod store;
 
-// The core's modules under the names this crate has always used for them.
+// Old paths of core modules, kept only for the files another change is rewriting
+// (`manager.rs`, `session_lock.rs`); everything else names `sessionlock_core::...` directly.
 pub use sessionlock_core::limits as config;
 pub use sessionlock_core::random;
-pub use sessionlock_core::session::{scripts as session_scripts, value as session_value};
 
 use pyo3::prelude::*;
 
@@ -35,7 +33,7 @@ fn _sessionlock(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     pyglue::register(m)?;
     metrics::register(m)?;
-    random::register_fork_handler();
+    sessionlock_core::random::register_fork_handler();
     let shutdown = wrap_pyfunction!(redis_conn::_shutdown_runtime, m)?;
     m.py()
         .import("atexit")?

@@ -24,8 +24,8 @@ use pyo3_async_runtimes::TaskLocals;
 use redis::aio::MultiplexedConnection;
 
 use crate::errors::{Error, Result};
-use crate::held_keys::HeldKeys;
-use crate::redis_scripts::{channel_pattern, parse_notice};
+use sessionlock_core::lock::held_keys::HeldKeys;
+use sessionlock_core::lock::scripts::{channel_pattern, parse_notice};
 pub use sessionlock_core::redis::target::Target;
 use sessionlock_core::redis::target::Topology;
 

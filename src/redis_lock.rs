@@ -35,10 +35,10 @@ use pyo3::types::{PyDict, PyInt, PyString, PyTuple};
 use redis::Script;
 
 use crate::errors::{Error, Result};
-use crate::held_keys::Entry;
 use crate::pyglue::{self, DEBUG, INFO, WARNING};
 use crate::redis_conn::{process, Conn, ForkSafeRuntime, Notice, SyncConn, Target};
-use crate::redis_scripts::{self as scripts, Names};
+use sessionlock_core::lock::held_keys::Entry;
+use sessionlock_core::lock::scripts::{self as scripts, Names};
 
 /// Longest a sync wait runs without checking for signals.
 const STEP: Duration = Duration::from_millis(50);
@@ -1448,7 +1448,7 @@ impl PyRedisLock {
         }
         let key = key_text(key)?;
         let ttl = self.core.ttl_for(ttl)?;
-        let full = crate::redis_scripts::tagged(&self.core.prefix, &key);
+        let full = sessionlock_core::lock::scripts::tagged(&self.core.prefix, &key);
         Ok(PyLockHandle {
             inner: Arc::new(HandleInner {
                 core: self.core.clone(),
@@ -1456,7 +1456,7 @@ impl PyRedisLock {
                 // one entry per Redis target and full key: shared by every RedisLock
                 // (and session manager) of this process that can contend for it
                 held_key: format!("{}\0{}", self.core.target.id(), full),
-                token: crate::random::uuid_v4().simple().to_string(),
+                token: sessionlock_core::random::uuid_v4().simple().to_string(),
                 pid: crate::redis_conn::pid(),
                 ttl,
                 wait,
@@ -1493,7 +1493,7 @@ impl PyRedisLock {
 
     fn names_for(&self, key: &Bound<'_, PyAny>) -> Result<Names> {
         let key = key_text(key)?;
-        Ok(Names::new(&crate::redis_scripts::tagged(
+        Ok(Names::new(&sessionlock_core::lock::scripts::tagged(
             &self.core.prefix,
             &key,
         )))

@@ -26,15 +26,15 @@ use pyo3::types::{PyByteArray, PyBytes, PyDict, PyString, PyType};
 use pyo3::{PyTraverseError, PyVisit};
 use redis::Script;
 
-use crate::config;
 use crate::errors::{Error, Result};
 use crate::keylock::Owner;
 use crate::manager::{check_callable, session_id as checked_id};
 use crate::pyglue::{self, current_owner, thread_id, WARNING};
 use crate::redis_conn::{process, Conn, ForkSafeRuntime, Target};
 use crate::redis_lock::{PyLockHandle, PyRedisLock};
-use crate::session_scripts as scripts;
-use crate::session_value::Signer;
+use sessionlock_core::limits;
+use sessionlock_core::session::scripts;
+use sessionlock_core::session::value::Signer;
 
 static GET_REFRESH: LazyLock<Script> =
     LazyLock::new(|| Script::new(&scripts::script(scripts::GET_REFRESH_BODY)));
@@ -53,7 +53,7 @@ static WRITE_BACK: LazyLock<Script> =
 const FOREVER: Duration = Duration::from_secs(1_000_000_000);
 
 fn ms_of(name: &str, v: Option<f64>) -> Result<u64> {
-    Ok(config::ttl_ns(name, v)?.div_ceil(1_000_000))
+    Ok(limits::ttl_ns(name, v)?.div_ceil(1_000_000))
 }
 
 fn secs(name: &str, v: f64, allow_zero: bool) -> Result<Duration> {
@@ -319,7 +319,7 @@ fn within(e: JsonRefusal, step: &str) -> JsonRefusal {
 /// The session id of a Redis key `prefix{sid}` (None for a key of another shape).
 fn sid_of_key(prefix: &str, key: &[u8]) -> Option<String> {
     let key = std::str::from_utf8(key).ok()?;
-    crate::redis_scripts::untagged(prefix, key).map(str::to_owned)
+    sessionlock_core::lock::scripts::untagged(prefix, key).map(str::to_owned)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -393,7 +393,7 @@ impl State {
     /// The session's Redis key, `prefix{sid}`: hash-tagged so that on a cluster it shares
     /// its slot with the session's lock keys (`lock_prefix{sid}...`).
     fn key(&self, sid: &str) -> String {
-        crate::redis_scripts::tagged(&self.prefix, sid)
+        sessionlock_core::lock::scripts::tagged(&self.prefix, sid)
     }
 
     /// Every Redis key under the prefix (GIL released).
@@ -1073,7 +1073,7 @@ impl PyRedisSessionManager {
         let st = self.st()?;
         let payload = st.codec.encode(context)?;
         loop {
-            let id = crate::random::uuid_v4().hyphenated().to_string();
+            let id = sessionlock_core::random::uuid_v4().hyphenated().to_string();
             let key = st.key(&id);
             let body = st.seal(&key, &payload);
             if st.insert(py, &key, &body, false)?.is_ok() {
@@ -1325,7 +1325,7 @@ impl PyRedisSessionManager {
         timeout: Option<f64>,
     ) -> Result<PyRedisSessionLock> {
         let sid = sid_of(session_id)?;
-        let timeout = config::optional_timeout("timeout", timeout)?;
+        let timeout = limits::optional_timeout("timeout", timeout)?;
         let st = self.st()?;
         Ok(PyRedisSessionLock::new(
             st,
@@ -1579,12 +1579,12 @@ impl PyRedisSessionLock {
     /// The full Redis key of the lock.
     #[getter]
     fn key(&self) -> String {
-        crate::redis_scripts::tagged(&self.st.lock_prefix, &self.sid)
+        sessionlock_core::lock::scripts::tagged(&self.st.lock_prefix, &self.sid)
     }
 
     #[pyo3(signature = (blocking=true, timeout=-1.0), text_signature = "(self, /, blocking=True, timeout=-1)")]
     fn acquire(&self, py: Python<'_>, blocking: bool, timeout: f64) -> Result<bool> {
-        let wait = config::rlock_timeout(blocking, timeout)?
+        let wait = limits::rlock_timeout(blocking, timeout)?
             .map_or(FOREVER, |t| Duration::from_secs_f64(t.min(1e9)));
         let (owner, _) = current_owner(py)?;
         self.st.acquire_sync(py, &self.sid, owner, wait, false)
@@ -1747,7 +1747,7 @@ impl PyRedisSessionLock {
         slf: &Bound<'py, Self>,
         timeout: Option<f64>,
     ) -> Result<Bound<'py, PyAny>> {
-        let t = config::optional_timeout("timeout", timeout)?;
+        let t = limits::optional_timeout("timeout", timeout)?;
         Ok(helpers(slf.py())?
             .getattr("acquire_async")?
             .call1((slf, t))?)
@@ -1771,7 +1771,7 @@ impl PyRedisSessionLock {
             .is_some_and(|h| h.owner == owner);
         let wait = match timeout {
             Some(t) => Duration::from_secs_f64(
-                config::optional_timeout("timeout", Some(t))?
+                limits::optional_timeout("timeout", Some(t))?
                     .unwrap_or(0.0)
                     .min(1e9),
             ),

@@ -13,6 +13,7 @@
 
 pub mod error;
 pub mod limits;
+pub mod lock;
 pub mod random;
 pub mod redis;
 pub mod session;
