@@ -37,6 +37,7 @@ use redis::Script;
 use crate::errors::{Error, Result};
 use crate::pyglue::{self, DEBUG, INFO, WARNING};
 use crate::redis_conn::{process, Conn, ForkSafeRuntime, Notice, SyncConn, Target};
+use sessionlock_core::limits::{non_negative_secs, positive_secs};
 use sessionlock_core::lock::held_keys::Entry;
 use sessionlock_core::lock::scripts::{self as scripts, Names};
 
@@ -120,7 +121,7 @@ struct Core {
     /// counts (None: the master's word is enough).
     replication: Option<Replication>,
     stats: Stats,
-    metrics: crate::metrics::Metrics,
+    metrics: sessionlock_core::metrics::Metrics,
     closed: AtomicBool,
     warned_sync_in_loop: AtomicBool,
 }
@@ -234,34 +235,16 @@ impl Core {
     fn ttl_for(&self, ttl: Option<f64>) -> Result<Duration> {
         match ttl {
             None => Ok(self.ttl),
-            Some(v) => positive_secs("ttl", v),
+            Some(v) => Ok(positive_secs("ttl", v)?),
         }
     }
 
     fn wait_for(&self, wait: Option<f64>) -> Result<Duration> {
         match wait {
             None => Ok(self.wait),
-            Some(v) => non_negative_secs("wait", v),
+            Some(v) => Ok(non_negative_secs("wait", v)?),
         }
     }
-}
-
-fn positive_secs(name: &str, v: f64) -> Result<Duration> {
-    if v.is_nan() || !v.is_finite() || v <= 0.0 {
-        return Err(Error::Value(format!(
-            "{name} must be a positive number of seconds, got {v}"
-        )));
-    }
-    Ok(Duration::from_secs_f64(v.min(1e9)).max(Duration::from_millis(1)))
-}
-
-fn non_negative_secs(name: &str, v: f64) -> Result<Duration> {
-    if v.is_nan() || !v.is_finite() || v < 0.0 {
-        return Err(Error::Value(format!(
-            "{name} must be a finite number of seconds >= 0, got {v}"
-        )));
-    }
-    Ok(Duration::from_secs_f64(v.min(1e9)))
 }
 
 fn check_prefix(prefix: &str) -> Result<()> {
@@ -920,7 +903,7 @@ impl HandleInner {
                 entry.commit(until);
                 self.deadline_ns.store(to_ns(until), Ordering::Release);
                 self.held_since
-                    .store(crate::metrics::stamp(), Ordering::Relaxed);
+                    .store(sessionlock_core::metrics::stamp(), Ordering::Relaxed);
                 *self.state.lock() = State::Held { backend, fence };
                 stats.acquired.fetch_add(1, Ordering::Relaxed);
                 if backend == Backend::Local {
@@ -1418,7 +1401,7 @@ fn build_core(
         connect_timeout,
         replication,
         stats: Stats::default(),
-        metrics: crate::metrics::Metrics::default(),
+        metrics: sessionlock_core::metrics::Metrics::default(),
         closed: AtomicBool::new(false),
         warned_sync_in_loop: AtomicBool::new(false),
     })
@@ -1430,7 +1413,7 @@ impl PyRedisLock {
         self.core.metrics.hide();
     }
 
-    pub(crate) fn metrics_part(&self, py: Python<'_>) -> crate::metrics::Snapshot {
+    pub(crate) fn metrics_part(&self, py: Python<'_>) -> sessionlock_core::metrics::Snapshot {
         use crate::metrics::Source;
         self.core.snapshot(py)
     }
@@ -2157,11 +2140,11 @@ impl PyLockHandle {
 }
 
 impl crate::metrics::Source for Core {
-    fn metrics(&self) -> &crate::metrics::Metrics {
+    fn metrics(&self) -> &sessionlock_core::metrics::Metrics {
         &self.metrics
     }
 
-    fn snapshot(&self, _py: Python<'_>) -> crate::metrics::Snapshot {
+    fn snapshot(&self, _py: Python<'_>) -> sessionlock_core::metrics::Snapshot {
         let mut snap = self.metrics.snapshot("redis");
         snap.lost = Some(self.stats.lost.load(Ordering::Relaxed));
         snap.fallback_active = Some(self.metrics.fallback.load(Ordering::Relaxed));

@@ -52,20 +52,6 @@ static WRITE_BACK: LazyLock<Script> =
 /// `threading`'s "wait forever", as a lock wait (the lock caps waits at 1e9 s anyway).
 const FOREVER: Duration = Duration::from_secs(1_000_000_000);
 
-fn ms_of(name: &str, v: Option<f64>) -> Result<u64> {
-    Ok(limits::ttl_ns(name, v)?.div_ceil(1_000_000))
-}
-
-fn secs(name: &str, v: f64, allow_zero: bool) -> Result<Duration> {
-    if v.is_nan() || v.is_infinite() || v < 0.0 || (!allow_zero && v == 0.0) {
-        return Err(Error::Value(format!(
-            "{name} must be a finite number of seconds {}, got {v}",
-            if allow_zero { ">= 0" } else { "> 0" }
-        )));
-    }
-    Ok(Duration::from_secs_f64(v.min(1e9)))
-}
-
 // ---------------------------------------------------------------------------------------
 // Codec
 
@@ -369,7 +355,7 @@ struct State {
     lock: Py<PyRedisLock>,
     lock_prefix: String,
     stats: Stats,
-    metrics: crate::metrics::Metrics,
+    metrics: sessionlock_core::metrics::Metrics,
     /// session id -> its hold by a thread/task of this process. Held only for map edits.
     held: Mutex<HashMap<String, Held>>,
 }
@@ -961,10 +947,10 @@ impl PyRedisSessionManager {
         if prefix.contains('\0') {
             return Err(Error::Value("prefix must not contain NUL".into()));
         }
-        let idle_ms = ms_of("idle_ttl", idle_ttl)?;
-        let abs_ms = ms_of("absolute_ttl", absolute_ttl)?;
-        let lock_ttl_d = secs("lock_ttl", lock_ttl, false)?;
-        let lock_wait_d = secs("lock_wait", lock_wait, true)?;
+        let idle_ms = limits::ttl_ms("idle_ttl", idle_ttl)?;
+        let abs_ms = limits::ttl_ms("absolute_ttl", absolute_ttl)?;
+        let lock_ttl_d = limits::positive_secs("lock_ttl", lock_ttl)?;
+        let lock_wait_d = limits::non_negative_secs("lock_wait", lock_wait)?;
         let codec = match codec {
             None => Codec::new(PyString::new(py, "json").as_any())?,
             Some(c) => Codec::new(c)?,
@@ -1032,7 +1018,7 @@ impl PyRedisSessionManager {
             lock,
             lock_prefix,
             stats: Stats::default(),
-            metrics: crate::metrics::Metrics::default(),
+            metrics: sessionlock_core::metrics::Metrics::default(),
             held: Mutex::new(HashMap::new()),
         };
         state.metrics.set_name(name);
@@ -2053,18 +2039,18 @@ async fn awrite_back(
 }
 
 impl crate::metrics::Source for State {
-    fn metrics(&self) -> &crate::metrics::Metrics {
+    fn metrics(&self) -> &sessionlock_core::metrics::Metrics {
         &self.metrics
     }
 
     /// The lock's waits and holds, this manager's name and events. No session count: that
     /// would be a SCAN of Redis per scrape, and the same number from every worker.
-    fn snapshot(&self, py: Python<'_>) -> crate::metrics::Snapshot {
+    fn snapshot(&self, py: Python<'_>) -> sessionlock_core::metrics::Snapshot {
         let s = &self.stats;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let lock = self.lock.get().metrics_part(py);
         let own = load(&self.metrics.redis_errors);
-        crate::metrics::Snapshot {
+        sessionlock_core::metrics::Snapshot {
             kind: "session",
             name: self.metrics.name(),
             lost: Some(load(&s.lock_lost)),

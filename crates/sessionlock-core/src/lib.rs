@@ -14,6 +14,7 @@
 pub mod error;
 pub mod limits;
 pub mod lock;
+pub mod metrics;
 pub mod random;
 pub mod redis;
 pub mod session;
