@@ -14,7 +14,7 @@ pub mod keylock;
 pub mod manager;
 pub mod metrics;
 mod pyglue;
-pub mod redis_conn;
+mod redis;
 pub mod redis_lock;
 pub mod redis_session;
 pub mod session_lock;
@@ -34,7 +34,7 @@ fn _sessionlock(m: &Bound<'_, PyModule>) -> PyResult<()> {
     pyglue::register(m)?;
     metrics::register(m)?;
     sessionlock_core::random::register_fork_handler();
-    let shutdown = wrap_pyfunction!(redis_conn::_shutdown_runtime, m)?;
+    let shutdown = wrap_pyfunction!(crate::redis::_shutdown_runtime, m)?;
     m.py()
         .import("atexit")?
         .call_method1("register", (shutdown,))?;

@@ -36,7 +36,7 @@ use redis::Script;
 
 use crate::errors::{Error, Result};
 use crate::pyglue::{self, DEBUG, INFO, WARNING};
-use crate::redis_conn::{process, Conn, ForkSafeRuntime, Notice, SyncConn, Target};
+use crate::redis::{process, Conn, ForkSafeRuntime, Notice, SyncConn, Target};
 use sessionlock_core::limits::{non_negative_secs, positive_secs};
 use sessionlock_core::lock::held_keys::Entry;
 use sessionlock_core::lock::scripts::{self as scripts, Names};
@@ -399,7 +399,7 @@ fn parse_attempt(r: (i64, i64, String, i64)) -> Attempt {
 /// Where a contended wait stands between steps.
 struct Waiting {
     conn: Arc<Conn>,
-    guard: crate::redis_conn::WaitGuard,
+    guard: crate::redis::WaitGuard,
     /// When to run the acquire script again (refresh, or the holder's lease ends).
     recheck_at: Instant,
     /// The last acquire that found the lock taken (and queued us): when it was sent and
@@ -439,12 +439,12 @@ impl HandleInner {
 
     /// Whether this is a forked child's copy of a parent's handle.
     fn inherited(&self) -> bool {
-        self.pid != crate::redis_conn::pid()
+        self.pid != crate::redis::pid()
     }
 
     fn warn_inherited(&self, what: &str) {
         let key = self.names.lock.clone();
-        let (pid, me) = (self.pid, crate::redis_conn::pid());
+        let (pid, me) = (self.pid, crate::redis::pid());
         let what = what.to_owned();
         pyglue::log_detached(WARNING, || {
             format!(
@@ -1440,7 +1440,7 @@ impl PyRedisLock {
                 // (and session manager) of this process that can contend for it
                 held_key: format!("{}\0{}", self.core.target.id(), full),
                 token: sessionlock_core::random::uuid_v4().simple().to_string(),
-                pid: crate::redis_conn::pid(),
+                pid: crate::redis::pid(),
                 ttl,
                 wait,
                 state: Mutex::new(State::Pending),

@@ -30,7 +30,7 @@ use crate::errors::{Error, Result};
 use crate::keylock::Owner;
 use crate::manager::{check_callable, session_id as checked_id};
 use crate::pyglue::{self, current_owner, thread_id, WARNING};
-use crate::redis_conn::{process, Conn, ForkSafeRuntime, Target};
+use crate::redis::{process, Conn, ForkSafeRuntime, Target};
 use crate::redis_lock::{PyLockHandle, PyRedisLock};
 use sessionlock_core::limits;
 use sessionlock_core::session::scripts;
@@ -422,7 +422,7 @@ impl State {
     fn call<T: Send>(
         &self,
         py: Python<'_>,
-        f: impl Fn(&mut crate::redis_conn::SyncConn) -> redis::RedisResult<T> + Send + Sync,
+        f: impl Fn(&mut crate::redis::SyncConn) -> redis::RedisResult<T> + Send + Sync,
     ) -> Result<T> {
         let conn = self.conn()?;
         py.detach(|| {
