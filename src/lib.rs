@@ -11,11 +11,11 @@
 
 pub mod errors;
 pub mod keylock;
+mod lock;
 pub mod manager;
 pub mod metrics;
 mod pyglue;
 mod redis;
-pub mod redis_lock;
 pub mod redis_session;
 pub mod session_lock;
 pub mod store;
@@ -40,10 +40,10 @@ fn _sessionlock(m: &Bound<'_, PyModule>) -> PyResult<()> {
         .call_method1("register", (shutdown,))?;
     m.add_class::<manager::PyManager>()?;
     m.add_class::<session_lock::PySessionLock>()?;
-    m.add_class::<redis_lock::PyRedisLock>()?;
-    m.add_class::<redis_lock::PyRecommendationLock>()?;
-    m.add_class::<redis_lock::PyLockHandle>()?;
-    m.add_class::<redis_lock::PyLockInfo>()?;
+    m.add_class::<lock::PyRedisLock>()?;
+    m.add_class::<lock::PyRecommendationLock>()?;
+    m.add_class::<lock::PyLockHandle>()?;
+    m.add_class::<lock::PyLockInfo>()?;
     m.add_function(wrap_pyfunction!(redis_session::_json_exact, m)?)?;
     m.add_class::<redis_session::PyRedisSessionManager>()?;
     m.add_class::<redis_session::PyRedisSessionLock>()?;

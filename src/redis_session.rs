@@ -28,10 +28,10 @@ use redis::Script;
 
 use crate::errors::{Error, Result};
 use crate::keylock::Owner;
+use crate::lock::{PyLockHandle, PyRedisLock};
 use crate::manager::{check_callable, session_id as checked_id};
 use crate::pyglue::{self, current_owner, thread_id, WARNING};
 use crate::redis::{process, Conn, ForkSafeRuntime, Target};
-use crate::redis_lock::{PyLockHandle, PyRedisLock};
 use sessionlock_core::limits;
 use sessionlock_core::session::scripts;
 use sessionlock_core::session::value::Signer;
@@ -701,11 +701,7 @@ impl State {
         Ok(false)
     }
 
-    fn token_of(
-        &self,
-        sid: &str,
-        owner: Owner,
-    ) -> Option<(Token, Arc<crate::redis_lock::HandleInner>)> {
+    fn token_of(&self, sid: &str, owner: Owner) -> Option<(Token, Arc<crate::lock::HandleInner>)> {
         let held = self.held.lock();
         let h = held.get(sid).filter(|h| h.owner == owner)?;
         let inner = h.handle.get().inner.clone();
@@ -2011,7 +2007,7 @@ async fn awrite_back(
     st: &State,
     sid: &str,
     t: &Token,
-    inner: &crate::redis_lock::HandleInner,
+    inner: &crate::lock::HandleInner,
     body: &[u8],
 ) -> Result<bool> {
     if inner.is_lost() {
