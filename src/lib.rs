@@ -16,7 +16,7 @@ pub mod manager;
 pub mod metrics;
 mod pyglue;
 mod redis;
-pub mod redis_session;
+mod session;
 pub mod session_lock;
 pub mod store;
 
@@ -44,8 +44,8 @@ fn _sessionlock(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<lock::PyRecommendationLock>()?;
     m.add_class::<lock::PyLockHandle>()?;
     m.add_class::<lock::PyLockInfo>()?;
-    m.add_function(wrap_pyfunction!(redis_session::_json_exact, m)?)?;
-    m.add_class::<redis_session::PyRedisSessionManager>()?;
-    m.add_class::<redis_session::PyRedisSessionLock>()?;
+    m.add_function(wrap_pyfunction!(session::_json_exact, m)?)?;
+    m.add_class::<session::PyRedisSessionManager>()?;
+    m.add_class::<session::PyRedisSessionLock>()?;
     Ok(())
 }
