@@ -11,21 +11,19 @@
 //! `session_scripts` (their Lua) and `session_value` (stored format and signature).
 
 pub mod errors;
-pub mod held_keys;
 pub mod keylock;
+mod lock;
 pub mod manager;
 pub mod metrics;
 mod pyglue;
-pub mod redis_conn;
-pub mod redis_lock;
-pub mod redis_scripts;
-pub mod redis_session;
+mod redis;
+mod session;
 pub mod session_lock;
 
-// The core's modules under the names this crate has always used for them.
+// Old paths of core modules, kept only for the files another change is rewriting
+// (`manager.rs`, `session_lock.rs`); everything else names `sessionlock_core::...` directly.
 pub use sessionlock_core::limits as config;
 pub use sessionlock_core::local::{key, store};
-pub use sessionlock_core::session::{scripts as session_scripts, value as session_value};
 pub use sessionlock_core::{counters, random};
 
 use pyo3::prelude::*;
@@ -39,20 +37,20 @@ fn _sessionlock(m: &Bound<'_, PyModule>) -> PyResult<()> {
     errors::register(m)?;
     pyglue::register(m)?;
     metrics::register(m)?;
-    random::register_fork_handler();
-    let shutdown = wrap_pyfunction!(redis_conn::_shutdown_runtime, m)?;
+    sessionlock_core::random::register_fork_handler();
+    let shutdown = wrap_pyfunction!(crate::redis::_shutdown_runtime, m)?;
     m.py()
         .import("atexit")?
         .call_method1("register", (shutdown,))?;
     m.add_class::<manager::PyManager>()?;
     m.add_function(wrap_pyfunction!(manager::_set_lock_fairness, m)?)?;
     m.add_class::<session_lock::PySessionLock>()?;
-    m.add_class::<redis_lock::PyRedisLock>()?;
-    m.add_class::<redis_lock::PyRecommendationLock>()?;
-    m.add_class::<redis_lock::PyLockHandle>()?;
-    m.add_class::<redis_lock::PyLockInfo>()?;
-    m.add_function(wrap_pyfunction!(redis_session::_json_exact, m)?)?;
-    m.add_class::<redis_session::PyRedisSessionManager>()?;
-    m.add_class::<redis_session::PyRedisSessionLock>()?;
+    m.add_class::<lock::PyRedisLock>()?;
+    m.add_class::<lock::PyRecommendationLock>()?;
+    m.add_class::<lock::PyLockHandle>()?;
+    m.add_class::<lock::PyLockInfo>()?;
+    m.add_function(wrap_pyfunction!(session::_json_exact, m)?)?;
+    m.add_class::<session::PyRedisSessionManager>()?;
+    m.add_class::<session::PyRedisSessionLock>()?;
     Ok(())
 }

@@ -17,6 +17,8 @@ pub mod counters;
 pub mod error;
 pub mod limits;
 pub mod local;
+pub mod lock;
+pub mod metrics;
 pub mod random;
 pub mod redis;
 pub mod session;

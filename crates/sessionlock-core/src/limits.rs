@@ -2,6 +2,8 @@
 //! `threading` and DESIGN.md promise. Nothing here touches shared state, so a bad argument
 //! is rejected before anything changes.
 
+use std::time::Duration;
+
 use crate::error::{Error, Result};
 
 /// `threading.TIMEOUT_MAX` on 64-bit Linux and macOS (`PY_TIMEOUT_MAX` in seconds).
@@ -46,6 +48,36 @@ pub fn optional_timeout(name: &str, v: Option<f64>) -> Result<Option<f64>> {
             Ok(Some(v))
         }
     }
+}
+
+/// The longest duration any seconds argument is taken to mean (longer values are capped).
+const MAX_SECS: f64 = 1e9;
+
+/// A TTL in seconds to whole milliseconds (rounded up); `None` (or infinity) means no limit,
+/// encoded as 0. The rules are [`ttl_ns`]'s.
+pub fn ttl_ms(name: &str, v: Option<f64>) -> Result<u64> {
+    Ok(ttl_ns(name, v)?.div_ceil(1_000_000))
+}
+
+/// A lease, a timeout between retries and the like: finite seconds > 0, at least 1 ms (the
+/// resolution of Redis's `PX`), at most 1e9 s.
+pub fn positive_secs(name: &str, v: f64) -> Result<Duration> {
+    if v.is_nan() || !v.is_finite() || v <= 0.0 {
+        return Err(Error::Value(format!(
+            "{name} must be a positive number of seconds, got {v}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(v.min(MAX_SECS)).max(Duration::from_millis(1)))
+}
+
+/// A wait that may be zero (a single try): finite seconds >= 0, at most 1e9 s.
+pub fn non_negative_secs(name: &str, v: f64) -> Result<Duration> {
+    if v.is_nan() || !v.is_finite() || v < 0.0 {
+        return Err(Error::Value(format!(
+            "{name} must be a finite number of seconds >= 0, got {v}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(v.min(MAX_SECS)))
 }
 
 #[allow(clippy::float_cmp)] // reason: -1 is threading's exact sentinel for "no timeout"
@@ -99,6 +131,24 @@ mod tests {
         assert!(ttl_ns("t", Some(-1.0)).is_err());
         assert!(ttl_ns("t", Some(f64::NAN)).is_err());
         assert!(ttl_ns("t", Some(0.0)).is_err());
+    }
+
+    #[test]
+    fn seconds_rules() {
+        assert_eq!(ttl_ms("t", Some(0.0015)).unwrap(), 2);
+        assert_eq!(ttl_ms("t", None).unwrap(), 0);
+        assert_eq!(positive_secs("t", 1e-6).unwrap(), Duration::from_millis(1));
+        assert_eq!(
+            positive_secs("t", 1e12).unwrap(),
+            Duration::from_secs(1_000_000_000)
+        );
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            assert!(matches!(positive_secs("t", bad), Err(Error::Value(_))));
+        }
+        assert_eq!(non_negative_secs("t", 0.0).unwrap(), Duration::ZERO);
+        for bad in [-1.0, f64::NAN, f64::INFINITY] {
+            assert!(matches!(non_negative_secs("t", bad), Err(Error::Value(_))));
+        }
     }
 
     #[test]

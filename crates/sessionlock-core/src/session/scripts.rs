@@ -161,13 +161,7 @@ pub fn script(body: &str) -> String {
 /// The SCAN pattern matching every key of `prefix` (glob characters escaped).
 #[must_use]
 pub fn scan_pattern(prefix: &str) -> String {
-    let mut out = String::with_capacity(prefix.len() + 1);
-    for c in prefix.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
+    let mut out = crate::redis::glob::escaped(prefix, 1);
     out.push('*');
     out
 }

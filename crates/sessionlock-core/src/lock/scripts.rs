@@ -94,13 +94,7 @@ impl Names {
 /// The pub/sub pattern that covers every channel of `prefix` (glob characters escaped).
 #[must_use]
 pub fn channel_pattern(prefix: &str) -> String {
-    let mut out = String::with_capacity(prefix.len() + 16);
-    for c in prefix.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
+    let mut out = crate::redis::glob::escaped(prefix, 16);
     out.push('*');
     out.push_str(CHANNEL_SUFFIX);
     out

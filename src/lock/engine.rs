@@ -1,0 +1,732 @@
+//! A handle's state (`HandleInner`) and its acquisition: the sync loop (steps with the GIL
+//! released), the async loop, the in-process table first and Redis second, waits for
+//! hand-off notices, the local fallback, and what an outcome does to the handle.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+
+use super::config::{is_unreplicated, unreplicated, Backend, LockConfig, Route};
+use super::protocol::{
+    invoke4, ms, ACQUIRE, CANCEL, CLAIM, EXTEND, GRACE, HEARTBEAT, RELEASE, STEP,
+};
+use crate::errors::{Error, Result};
+use crate::pyglue::{self, DEBUG, WARNING};
+use crate::redis::{process, Conn, Notice};
+use sessionlock_core::lock::held_keys::Entry;
+use sessionlock_core::lock::scripts::Names;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum State {
+    /// Created inside a running loop; nothing asked yet.
+    Pending,
+    /// An acquisition is running.
+    Acquiring,
+    Held {
+        backend: Backend,
+        fence: Option<i64>,
+    },
+    NotAcquired {
+        backend: Backend,
+    },
+    Released {
+        backend: Backend,
+        fence: Option<i64>,
+    },
+}
+
+/// Zero point of the lease deadlines kept in atomics (as nanoseconds since it).
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn to_ns(t: Instant) -> u64 {
+    u64::try_from(t.saturating_duration_since(*EPOCH).as_nanos())
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// Where a lease confirmed by a request sent at `sent` ends, as far as this host can
+/// tell: Redis started it no earlier than `sent`, so it ends no earlier than
+/// `sent + lease`; the margin covers the two clocks' drift (Redlock's 1 % + 2 ms).
+pub(super) fn lease_end(sent: Instant, lease: Duration) -> Instant {
+    sent + lease.saturating_sub(lease / 100 + Duration::from_millis(2))
+}
+
+pub(super) const LEASE_RAN_OUT: &str =
+    "its lease deadline passed before a renewal was confirmed (Redis unreachable, too slow, or the renewal stopped)";
+
+pub(crate) struct HandleInner {
+    pub(super) core: Arc<LockConfig>,
+    pub(crate) names: Names,
+    /// This handle's key in the in-process table (`held_keys.rs`): target and full key.
+    pub(super) held_key: String,
+    pub(crate) token: String,
+    /// The process that made the handle. In a forked child the handle is inert: it
+    /// never touches the parent's lease.
+    pub(super) pid: u32,
+    pub(super) ttl: Duration,
+    pub(super) wait: Duration,
+    pub(super) state: Mutex<State>,
+    /// Sticky: once set it is never cleared, so a late renewal reply cannot resurrect
+    /// the handle.
+    pub(crate) lost: AtomicBool,
+    /// The local lease deadline (`to_ns`), 0 until held. Written by the acquisition, the
+    /// renewal and `extend`, each only after checking `lost`; read by everyone.
+    pub(super) deadline_ns: AtomicU64,
+    /// Wakes the lease task when `extend` moved the deadline.
+    pub(super) deadline_moved: tokio::sync::Notify,
+    /// Released or abandoned: the renewal stops and reports nothing any more.
+    pub(super) done: AtomicBool,
+    /// The awaitable of a pending acquisition was cancelled: a lock obtained anyway (the
+    /// hand-off raced the cancellation) is released at once instead of becoming a ghost.
+    pub(super) abandoned: AtomicBool,
+    pub(super) waited_ns: AtomicU64,
+    /// When the hold began (`metrics::stamp`), for the hold histogram.
+    pub(super) held_since: AtomicU64,
+    /// Holder seen while waiting (for the LockTimeout message).
+    pub(super) last_holder: Mutex<Option<String>>,
+    pub(super) renew: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+pub(super) enum Outcome {
+    /// `until`: the local lease deadline; `claimed`: false for a hand-off whose claim the
+    /// lease task still has to send (the deadline is then the claim window's).
+    Held {
+        backend: Backend,
+        fence: Option<i64>,
+        until: Instant,
+        claimed: bool,
+        entry: Entry,
+    },
+    NotAcquired(Backend),
+}
+
+/// A claimed hold (the usual case: only a hand-off can be unclaimed).
+fn held_outcome(backend: Backend, fence: Option<i64>, until: Instant, entry: Entry) -> Outcome {
+    Outcome::Held {
+        backend,
+        fence,
+        until,
+        claimed: true,
+        entry,
+    }
+}
+
+/// Result of a script that says "you hold it" or "held by X for N ms".
+enum Attempt {
+    Got(i64),
+    /// `fence`: the holder's fencing token (any hand-off to us comes with a larger one).
+    Taken {
+        pttl: i64,
+        holder: String,
+        fence: i64,
+    },
+}
+
+fn parse_attempt(r: (i64, i64, String, i64)) -> Attempt {
+    if r.0 == 1 {
+        Attempt::Got(r.1)
+    } else {
+        Attempt::Taken {
+            pttl: r.1,
+            holder: r.2,
+            fence: r.3,
+        }
+    }
+}
+
+/// Where a contended wait stands between steps.
+pub(super) struct Waiting {
+    pub(super) conn: Arc<Conn>,
+    guard: crate::redis::WaitGuard,
+    /// When to run the acquire script again (refresh, or the holder's lease ends).
+    recheck_at: Instant,
+    /// The last acquire that found the lock taken (and queued us): when it was sent and
+    /// the fencing token it saw. A hand-off notice with a larger fence happened after it.
+    taken: Option<(Instant, i64)>,
+}
+
+/// Where a sync acquisition stands between steps (each step runs with the GIL released).
+pub(super) struct Acquiring {
+    /// The in-process table entry, taken or queued for.
+    pub(super) entry: Option<Entry>,
+    pub(super) waiting: Option<Waiting>,
+    /// Redis is unreachable: the table entry is the whole lock.
+    pub(super) local: bool,
+}
+
+impl HandleInner {
+    fn sleep_until_for(pttl: i64) -> Duration {
+        match pttl {
+            p if p >= 0 => Duration::from_millis(u64::try_from(p).unwrap_or(0) + 1).min(HEARTBEAT),
+            -2 => Duration::ZERO,
+            _ => HEARTBEAT,
+        }
+    }
+
+    fn queue_ms(remaining: Duration) -> String {
+        ms(remaining.min(HEARTBEAT) + GRACE).to_string()
+    }
+
+    fn acquire_args(&self, queue: Option<Duration>) -> [String; 3] {
+        [
+            self.token.clone(),
+            ms(self.ttl).to_string(),
+            queue.map_or_else(|| "0".to_owned(), Self::queue_ms),
+        ]
+    }
+
+    /// Whether this is a forked child's copy of a parent's handle.
+    pub(super) fn inherited(&self) -> bool {
+        self.pid != crate::redis::pid()
+    }
+
+    pub(super) fn warn_inherited(&self, what: &str) {
+        let key = self.names.lock.clone();
+        let (pid, me) = (self.pid, crate::redis::pid());
+        let what = what.to_owned();
+        pyglue::log_detached(WARNING, || {
+            format!(
+                "sessionlock: {what} on a LockHandle for {key:?} inherited from process {pid} \
+                 by forked process {me}: ignored, the parent's lease is untouched"
+            )
+        });
+    }
+
+    pub(super) fn deadline(&self) -> Instant {
+        *EPOCH + Duration::from_nanos(self.deadline_ns.load(Ordering::Acquire))
+    }
+
+    /// Marks the handle lost if it is held and its local lease deadline has passed (the
+    /// lease task does the same on a timer; this makes `lost` exact when asked).
+    pub(super) fn check_deadline(&self) {
+        if self.deadline_ns.load(Ordering::Acquire) != 0
+            && !self.done.load(Ordering::Acquire)
+            && !self.lost.load(Ordering::Acquire)
+            && !self.inherited()
+            && Instant::now() >= self.deadline()
+        {
+            self.mark_lost(LEASE_RAN_OUT);
+        }
+    }
+
+    /// Lost: the renewal saw the key gone or taken, or the local lease deadline passed.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.check_deadline();
+        self.lost.load(Ordering::Acquire)
+    }
+
+    /// Records a lease confirmed until `until` (a renewal or `extend` that Redis, or the
+    /// in-process table, accepted). Refused once lost or once the old deadline passed:
+    /// a reply that comes back after the deadline never resurrects the handle.
+    pub(super) fn confirm(&self, until: Instant) -> bool {
+        if self.is_lost() {
+            return false;
+        }
+        if !process()
+            .held
+            .set_deadline(&self.held_key, &self.token, until)
+        {
+            self.mark_lost(LEASE_RAN_OUT);
+            return false;
+        }
+        self.deadline_ns.store(to_ns(until), Ordering::Release);
+        self.deadline_moved.notify_one();
+        true
+    }
+
+    fn run_acquire_sync(
+        &self,
+        conn: &Conn,
+        queue: Option<Duration>,
+    ) -> redis::RedisResult<Attempt> {
+        let a = self.acquire_args(queue);
+        let inv = invoke4(&ACQUIRE, &self.names, &[&a[0], &a[1], &a[2]]);
+        let Some(rep) = self.core.replication else {
+            return conn
+                .sync(|c| inv.invoke::<(i64, i64, String, i64)>(c))
+                .map(parse_attempt);
+        };
+        let key = &self.names.lock;
+        let (r, acked) = conn.sync(|c| {
+            let r = inv.invoke::<(i64, i64, String, i64)>(c)?;
+            let acked = if r.0 == 1 {
+                c.wait_replicas(key, rep.replicas, rep.timeout)?
+            } else {
+                i64::MAX
+            };
+            Ok((r, acked))
+        })?;
+        if acked < i64::from(rep.replicas) {
+            // undo: the lease must not stay with a write a failover could lose
+            let inv = invoke4(&RELEASE, &self.names, &[&self.token]);
+            let _ = conn.sync(|c| inv.invoke::<i64>(c));
+            return Err(unreplicated(acked, rep));
+        }
+        Ok(parse_attempt(r))
+    }
+
+    async fn run_acquire_async(
+        &self,
+        conn: &Conn,
+        queue: Option<Duration>,
+    ) -> redis::RedisResult<Attempt> {
+        let a = self.acquire_args(queue);
+        let inv = invoke4(&ACQUIRE, &self.names, &[&a[0], &a[1], &a[2]]);
+        let Some(rep) = self.core.replication else {
+            return conn
+                .run_async::<(i64, i64, String, i64)>(&inv)
+                .await
+                .map(parse_attempt);
+        };
+        let (r, acked) = conn
+            .run_async_replicated::<(i64, i64, String, i64)>(
+                &inv,
+                &self.names.lock,
+                rep.replicas,
+                rep.timeout,
+                |r| r.0 == 1,
+            )
+            .await?;
+        if acked < i64::from(rep.replicas) {
+            let inv = invoke4(&RELEASE, &self.names, &[&self.token]);
+            let _ = conn.run_async::<i64>(&inv).await;
+            return Err(unreplicated(acked, rep));
+        }
+        Ok(parse_attempt(r))
+    }
+
+    /// The extend script, and with `min_replicas` its WAIT: Ok(true) renewed (and
+    /// acknowledged), Ok(false) not ours any more, Err an error or too few replicas (the
+    /// renewal then does not count: the local deadline is not moved).
+    pub(super) async fn run_extend_async(
+        &self,
+        conn: &Conn,
+        ttl: Duration,
+    ) -> redis::RedisResult<bool> {
+        let inv = self.extend_inv(ttl);
+        let Some(rep) = self.core.replication else {
+            return conn.run_async::<i64>(&inv).await.map(|v| v == 1);
+        };
+        let (v, acked) = conn
+            .run_async_replicated::<i64>(&inv, &self.names.lock, rep.replicas, rep.timeout, |v| {
+                *v == 1
+            })
+            .await?;
+        if acked < i64::from(rep.replicas) {
+            return Err(unreplicated(acked, rep));
+        }
+        Ok(v == 1)
+    }
+
+    pub(super) fn extend_inv(&self, ttl: Duration) -> redis::ScriptInvocation<'static> {
+        let mut inv = EXTEND.prepare_invoke();
+        inv.key(&self.names.lock)
+            .key(&self.names.fence)
+            .arg(&self.token)
+            .arg(ms(ttl));
+        inv
+    }
+
+    /// A hand-off notice with `fence` arrived. If it is newer than our last acquire that
+    /// found the lock taken (`taken`: sent then, saw that fence), the lease it set runs
+    /// for the claim window from a moment after that send. If that leaves ample time and
+    /// the lease task will claim at once, hold now with that provisional deadline (no
+    /// round trip on the hand-off path); `None`: claim first.
+    fn provisional(&self, taken: Option<(Instant, i64)>, fence: i64) -> Option<Instant> {
+        let (sent, seen) = taken?;
+        // with min_replicas a hand-off counts only once claimed (a replicated write)
+        if !self.core.auto_renew || self.core.replication.is_some() || fence <= seen {
+            return None;
+        }
+        let window = CLAIM.min(self.ttl);
+        let until = lease_end(sent, window);
+        (until > Instant::now() + window / 2).then_some(until)
+    }
+
+    fn log_waiting(&self, holder: &str, pttl: i64) {
+        *self.last_holder.lock() = Some(holder.to_owned());
+        let key = self.names.lock.clone();
+        let token = self.token.clone();
+        let holder = holder.to_owned();
+        pyglue::log_detached(DEBUG, || {
+            format!("sessionlock: waiting for {key:?} (token {token}): held by {holder}, {pttl} ms left")
+        });
+    }
+
+    /// Enters the in-process table; counts and logs a wait behind a holder of this process.
+    fn enter_table(&self) -> Entry {
+        let (entry, holder) = Entry::enter(process().held.clone(), &self.held_key, &self.token);
+        if let Some(h) = holder {
+            self.core.stats.contended.fetch_add(1, Ordering::Relaxed);
+            self.log_waiting(&h, -1);
+        }
+        entry
+    }
+
+    /// One bounded step of a sync acquisition (GIL released by the caller).
+    /// `Ok(None)`: call again after checking signals.
+    pub(super) fn step_sync(
+        &self,
+        deadline: Instant,
+        acq: &mut Acquiring,
+    ) -> Result<Option<Outcome>> {
+        // first the in-process table: no second holder in this process, whatever the backend
+        let entry = acq.entry.get_or_insert_with(|| self.enter_table());
+        if !entry.taken() {
+            let now = Instant::now();
+            if !entry.wait_sync(deadline.min(now + STEP)) {
+                return Ok(
+                    (Instant::now() >= deadline).then_some(Outcome::NotAcquired(Backend::Redis))
+                );
+            }
+        }
+        if acq.local {
+            let entry = acq.entry.take().expect("taken above");
+            let until = lease_end(Instant::now(), self.ttl);
+            return Ok(Some(held_outcome(Backend::Local, None, until, entry)));
+        }
+        if acq.waiting.is_some() {
+            return self.wait_step_sync(deadline, acq);
+        }
+        let core = &self.core;
+        let now = Instant::now();
+        // first attempt
+        let conn = match core.route()? {
+            Route::Redis(c) => c,
+            Route::Local => {
+                acq.local = true;
+                return Ok(None);
+            }
+        };
+        let sent = Instant::now();
+        match self.run_acquire_sync(&conn, None) {
+            Ok(Attempt::Got(f)) => {
+                core.redis_ok(&conn);
+                let entry = acq.entry.take().expect("taken above");
+                Ok(Some(held_outcome(
+                    Backend::Redis,
+                    Some(f),
+                    lease_end(sent, self.ttl),
+                    entry,
+                )))
+            }
+            Ok(Attempt::Taken { pttl, holder, .. }) => {
+                core.redis_ok(&conn);
+                core.stats.contended.fetch_add(1, Ordering::Relaxed);
+                self.log_waiting(&holder, pttl);
+                if now >= deadline {
+                    return Ok(Some(Outcome::NotAcquired(Backend::Redis)));
+                }
+                // listen before queueing, so the hand-off notice cannot be missed
+                let guard = conn.register(&self.names.channel, &self.token);
+                let rt = process();
+                if let Err(e) = rt.handle.block_on(conn.listen(&core.prefix)) {
+                    return self.fall_back(&conn, &e, &mut acq.local).map(|()| None);
+                }
+                acq.waiting = Some(Waiting {
+                    conn,
+                    guard,
+                    recheck_at: Instant::now(),
+                    taken: None,
+                });
+                Ok(None)
+            }
+            Err(e) => self.fall_back(&conn, &e, &mut acq.local).map(|()| None),
+        }
+    }
+
+    /// A step of a sync acquisition queued on Redis: wait for a notice, re-check, give up.
+    fn wait_step_sync(&self, deadline: Instant, acq: &mut Acquiring) -> Result<Option<Outcome>> {
+        let core = &self.core;
+        let now = Instant::now();
+        let w = acq.waiting.as_mut().expect("called while waiting");
+        if now < w.recheck_at && now < deadline {
+            let until = w.recheck_at.min(deadline).min(now + STEP);
+            match w.conn.wait_sync(&w.guard.slot, until - now) {
+                Some(Notice::Granted(f)) => {
+                    core.redis_ok(&w.conn);
+                    return Ok(self.granted_sync(acq, f));
+                }
+                Some(Notice::Recheck) => w.recheck_at = Instant::now(),
+                None => {}
+            }
+            return Ok(None);
+        }
+        let conn = w.conn.clone();
+        if now >= deadline {
+            // a hand-off that arrived at the last moment is kept (claimed), not passed on
+            if let Some(Notice::Granted(_)) = w.guard.slot.take() {
+                let sent = Instant::now();
+                if let Ok(Attempt::Got(f)) = self.run_acquire_sync(&conn, None) {
+                    let entry = acq.entry.take().expect("taken above");
+                    let until = lease_end(sent, self.ttl);
+                    return Ok(Some(held_outcome(Backend::Redis, Some(f), until, entry)));
+                }
+            }
+            let r = self.cancel_sync(&conn);
+            acq.waiting = None;
+            return match r {
+                Ok(()) => Ok(Some(Outcome::NotAcquired(Backend::Redis))),
+                Err(e) => self.fall_back(&conn, &e, &mut acq.local).map(|()| None),
+            };
+        }
+        let sent = Instant::now();
+        match self.run_acquire_sync(&conn, Some(deadline - now)) {
+            Ok(Attempt::Got(f)) => {
+                let entry = acq.entry.take().expect("taken above");
+                Ok(Some(held_outcome(
+                    Backend::Redis,
+                    Some(f),
+                    lease_end(sent, self.ttl),
+                    entry,
+                )))
+            }
+            Ok(Attempt::Taken { pttl, fence, .. }) => {
+                w.taken = Some((sent, fence));
+                w.recheck_at = Instant::now() + Self::sleep_until_for(pttl);
+                Ok(None)
+            }
+            Err(e) => {
+                acq.waiting = None;
+                self.fall_back(&conn, &e, &mut acq.local).map(|()| None)
+            }
+        }
+    }
+
+    /// The sync side of a hand-off notice: hold now (the lease task claims it), or
+    /// `None`: claim it with the acquire script at once, which also says whether it is
+    /// still ours and gives the current fencing token (a stale notice is not trusted).
+    fn granted_sync(&self, acq: &mut Acquiring, fence: i64) -> Option<Outcome> {
+        let w = acq.waiting.as_mut().expect("a notice comes to a waiter");
+        let Some(until) = self.provisional(w.taken, fence) else {
+            w.recheck_at = Instant::now();
+            return None;
+        };
+        let entry = acq.entry.take().expect("taken before waiting on Redis");
+        Some(Outcome::Held {
+            backend: Backend::Redis,
+            fence: Some(fence),
+            until,
+            claimed: false,
+            entry,
+        })
+    }
+
+    fn fall_back(&self, conn: &Conn, e: &redis::RedisError, local: &mut bool) -> Result<()> {
+        if is_unreplicated(e) {
+            // Redis answered: not an outage, and no local lock stands in for replication
+            return Err(Error::Unavailable(conn.target.describe(e)));
+        }
+        let err = self.core.redis_failed(conn, e);
+        if self.core.raise {
+            return Err(err);
+        }
+        *local = true;
+        Ok(())
+    }
+
+    pub(super) fn cancel_sync(&self, conn: &Conn) -> redis::RedisResult<()> {
+        let inv = invoke4(&CANCEL, &self.names, &[&self.token]);
+        conn.sync(|c| inv.invoke::<i64>(c)).map(|_| ())
+    }
+
+    pub(super) async fn cancel_async(&self, conn: &Conn) -> redis::RedisResult<()> {
+        let inv = invoke4(&CANCEL, &self.names, &[&self.token]);
+        conn.run_async::<i64>(&inv).await.map(|_| ())
+    }
+
+    /// The whole async acquisition. Dropped mid-way (task cancelled), the table entry
+    /// leaves the queue (or is given back) and the `Cancel` guard withdraws the Redis
+    /// queue entry and passes on a lock that was handed over meanwhile.
+    pub(super) async fn acquire_async(self: &Arc<Self>) -> Result<Outcome> {
+        let core = &self.core;
+        let deadline = Instant::now() + self.wait;
+        let mut entry = self.enter_table();
+        if !entry.wait_async(deadline).await {
+            return Ok(Outcome::NotAcquired(Backend::Redis));
+        }
+        if let Route::Redis(conn) = core.route()? {
+            match self.acquire_redis_async(&conn, deadline).await {
+                Ok(Some((fence, until, claimed))) => {
+                    core.redis_ok(&conn);
+                    return Ok(Outcome::Held {
+                        backend: Backend::Redis,
+                        fence: Some(fence),
+                        until,
+                        claimed,
+                        entry,
+                    });
+                }
+                Ok(None) => {
+                    core.redis_ok(&conn);
+                    return Ok(Outcome::NotAcquired(Backend::Redis));
+                }
+                Err(e) if is_unreplicated(&e) => {
+                    return Err(Error::Unavailable(conn.target.describe(&e)));
+                }
+                Err(e) => {
+                    let err = core.redis_failed(&conn, &e);
+                    if core.raise {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        let until = lease_end(Instant::now(), self.ttl);
+        Ok(held_outcome(Backend::Local, None, until, entry))
+    }
+
+    /// Redis part of an async acquisition: `Some((fence, until, claimed))` when held.
+    async fn acquire_redis_async(
+        self: &Arc<Self>,
+        conn: &Arc<Conn>,
+        deadline: Instant,
+    ) -> redis::RedisResult<Option<(i64, Instant, bool)>> {
+        let sent = Instant::now();
+        match self.run_acquire_async(conn, None).await? {
+            Attempt::Got(f) => return Ok(Some((f, lease_end(sent, self.ttl), true))),
+            Attempt::Taken { pttl, holder, .. } => {
+                self.core.stats.contended.fetch_add(1, Ordering::Relaxed);
+                self.log_waiting(&holder, pttl);
+                if Instant::now() >= deadline {
+                    return Ok(None);
+                }
+            }
+        }
+        let guard = conn.register(&self.names.channel, &self.token);
+        conn.listen(&self.core.prefix).await?;
+        let mut cancel = CancelOnDrop {
+            inner: Some(self.clone()),
+        };
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                cancel.inner = None;
+                self.cancel_async(conn).await?;
+                return Ok(None);
+            }
+            let sent = Instant::now();
+            let (pttl, seen) = match self.run_acquire_async(conn, Some(deadline - now)).await? {
+                Attempt::Got(f) => {
+                    cancel.inner = None;
+                    return Ok(Some((f, lease_end(sent, self.ttl), true)));
+                }
+                Attempt::Taken { pttl, fence, .. } => (pttl, fence),
+            };
+            let nap =
+                Self::sleep_until_for(pttl).min(deadline.saturating_duration_since(Instant::now()));
+            if let Some(Notice::Granted(f)) = guard.slot.wait_async(nap).await {
+                if let Some(until) = self.provisional(Some((sent, seen)), f) {
+                    cancel.inner = None;
+                    return Ok(Some((f, until, false)));
+                }
+                // else the acquire script at the loop's top claims it (or finds it gone)
+            }
+        }
+    }
+
+    /// Records the outcome; starts the lease task. Returns whether the lock is held.
+    pub(super) fn finish(self: &Arc<Self>, outcome: Outcome, started: Instant) -> bool {
+        let waited = started.elapsed();
+        self.waited_ns.store(
+            waited.as_nanos().try_into().unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        let stats = &self.core.stats;
+        let waited_ns = waited.as_nanos().try_into().unwrap_or(u64::MAX);
+        stats.wait_ns.fetch_add(waited_ns, Ordering::Relaxed);
+        let held = matches!(outcome, Outcome::Held { .. });
+        self.core.metrics.waited(waited_ns, held);
+        match outcome {
+            Outcome::Held {
+                backend,
+                fence,
+                until,
+                claimed,
+                entry,
+            } => {
+                // the table entry first: from here it lasts until the lease deadline
+                entry.commit(until);
+                self.deadline_ns.store(to_ns(until), Ordering::Release);
+                self.held_since
+                    .store(sessionlock_core::metrics::stamp(), Ordering::Relaxed);
+                *self.state.lock() = State::Held { backend, fence };
+                stats.acquired.fetch_add(1, Ordering::Relaxed);
+                if backend == Backend::Local {
+                    stats.fallback_acquires.fetch_add(1, Ordering::Relaxed);
+                }
+                self.start_lease_task(backend, claimed);
+                // pairs with `abandon`: whichever of the two runs second releases
+                if self.abandoned.load(Ordering::SeqCst) {
+                    self.release_in_background();
+                }
+                true
+            }
+            Outcome::NotAcquired(backend) => {
+                *self.state.lock() = State::NotAcquired { backend };
+                stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+        }
+    }
+
+    pub(super) fn log_outcome(&self, py: Python<'_>, held: bool) {
+        let state = *self.state.lock();
+        pyglue::log(py, DEBUG, || {
+            let waited = self.waited_ns.load(Ordering::Relaxed) as f64 / 1e6;
+            if held {
+                let (backend, fence) = match state {
+                    State::Held { backend, fence } => (backend, fence),
+                    _ => (Backend::Redis, None),
+                };
+                format!(
+                    "sessionlock: acquired {:?} token={} fencing_token={} waited={waited:.3}ms backend={}",
+                    self.names.lock,
+                    self.token,
+                    fence.map_or_else(|| "None".into(), |f| f.to_string()),
+                    backend.name()
+                )
+            } else {
+                format!(
+                    "sessionlock: gave up on {:?} (token {}) after {waited:.3}ms",
+                    self.names.lock, self.token
+                )
+            }
+        });
+    }
+
+    /// The caller's awaitable was cancelled: give back whatever this handle holds.
+    pub(super) fn abandon(self: &Arc<Self>) {
+        self.abandoned.store(true, Ordering::SeqCst);
+        if matches!(*self.state.lock(), State::Held { .. }) {
+            self.release_in_background();
+        }
+    }
+
+    pub(super) fn release_in_background(self: &Arc<Self>) {
+        let me = self.clone();
+        process().handle.spawn(async move {
+            let _ = me.release_async().await;
+        });
+    }
+}
+
+/// Withdraws an async waiter whose future was dropped (task cancelled) while queued.
+struct CancelOnDrop {
+    inner: Option<Arc<HandleInner>>,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            process().handle.spawn(async move {
+                if let Ok(conn) = inner.core.conn() {
+                    let _ = inner.cancel_async(&conn).await;
+                }
+            });
+        }
+    }
+}

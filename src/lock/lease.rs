@@ -1,0 +1,373 @@
+//! A held handle's lease: the renewal task, the loss of a lease, release (sync and async),
+//! `is_held` and `extend`, each bounded by the local lease deadline.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+
+use super::config::{unreplicated, Backend};
+use super::engine::{lease_end, HandleInner, State, LEASE_RAN_OUT};
+use super::protocol::{invoke4, HOLDER, RELEASE};
+use crate::errors::{Error, Result};
+use crate::pyglue::{self, DEBUG, INFO, WARNING};
+use crate::redis::{process, Conn, SyncConn};
+
+impl HandleInner {
+    pub(super) fn start_lease_task(self: &Arc<Self>, backend: Backend, claimed: bool) {
+        let me = self.clone();
+        let task = process()
+            .handle
+            .spawn(async move { me.lease_loop(backend, claimed).await });
+        *self.renew.lock() = Some(task.abort_handle());
+    }
+
+    pub(super) fn mark_lost(&self, why: &str) {
+        if self.lost.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // the process's next contender need not wait for a lease nobody holds any more
+        process().held.release(&self.held_key, &self.token);
+        self.core.stats.lost.fetch_add(1, Ordering::Relaxed);
+        let key = self.names.lock.clone();
+        let token = self.token.clone();
+        let why = why.to_owned();
+        pyglue::log_detached(WARNING, || {
+            format!("sessionlock: lock {key:?} (token {token}) LOST: {why}")
+        });
+    }
+
+    /// The handle's timer and, with auto-renew, its renewal. `lost` becomes true at the
+    /// local lease deadline at the latest, even while a renewal is still in flight (a
+    /// partition): the wait for each reply is bounded by the deadline. `claimed`: false
+    /// for a hand-off, whose claim is the first renewal, sent at once.
+    async fn lease_loop(self: Arc<Self>, backend: Backend, claimed: bool) {
+        let period = (self.ttl / 3).max(Duration::from_millis(1));
+        let started = Instant::now();
+        let mut renewing = self.core.auto_renew;
+        let mut next = if claimed { started + period } else { started };
+        // one warning per streak of failed renewals (they are retried every period / 4)
+        let mut failing = false;
+        loop {
+            let wake = if renewing {
+                next.min(self.deadline())
+            } else {
+                self.deadline()
+            };
+            tokio::select! {
+                () = tokio::time::sleep_until(wake.into()) => {}
+                () = self.deadline_moved.notified() => {}
+            }
+            if self.done.load(Ordering::Acquire) || self.lost.load(Ordering::Acquire) {
+                return;
+            }
+            if Instant::now() >= self.deadline() {
+                self.mark_lost(LEASE_RAN_OUT);
+                return;
+            }
+            if !renewing || Instant::now() < next {
+                continue;
+            }
+            let mut ttl = self.ttl;
+            if let Some(max) = self.core.max_hold {
+                let left = max.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    let key = self.names.lock.clone();
+                    pyglue::log_detached(INFO, || {
+                        format!("sessionlock: {key:?} reached max_hold; renewal stopped, the lease runs out")
+                    });
+                    renewing = false;
+                    continue;
+                }
+                ttl = ttl.min(left);
+            }
+            let sent = Instant::now();
+            let res = tokio::select! {
+                r = self.renew_once(backend, ttl) => Some(r),
+                () = tokio::time::sleep_until(self.deadline().into()) => None,
+            };
+            // a release that raced this renewal is not a loss
+            if self.done.load(Ordering::Acquire) {
+                return;
+            }
+            match res {
+                None => {
+                    self.mark_lost(LEASE_RAN_OUT);
+                    return;
+                }
+                Some(Ok(true)) => {
+                    if !self.confirm(lease_end(sent, ttl)) {
+                        return;
+                    }
+                    self.core.stats.renewals.fetch_add(1, Ordering::Relaxed);
+                    next = sent + period;
+                    failing = false;
+                }
+                Some(Ok(false)) => {
+                    self.mark_lost("the key is gone or owned by another token");
+                    return;
+                }
+                Some(Err(e)) => {
+                    self.core
+                        .metrics
+                        .redis_errors
+                        .fetch_add(1, Ordering::Relaxed);
+                    if !std::mem::replace(&mut failing, true) {
+                        let desc = self.core.target.describe(&e);
+                        let key = self.names.lock.clone();
+                        pyglue::log_detached(WARNING, || {
+                            format!("sessionlock: renewing {key:?} failed (retrying until the lease deadline): {desc}")
+                        });
+                    }
+                    // try again soon: the deadline, not the next period, bounds the lease
+                    next = Instant::now() + (period / 4).max(Duration::from_millis(20));
+                }
+            }
+        }
+    }
+
+    async fn renew_once(&self, backend: Backend, ttl: Duration) -> redis::RedisResult<bool> {
+        match backend {
+            Backend::Local => Ok(process().held.holds(&self.held_key, &self.token)),
+            Backend::Redis => {
+                let conn = self
+                    .core
+                    .conn()
+                    .map_err(|_| redis::RedisError::from(std::io::Error::other("no connection")))?;
+                self.run_extend_async(&conn, ttl).await
+            }
+        }
+    }
+
+    /// Switches Held -> Released and stops the lease task; returns what was held.
+    /// `None` for a forked child's copy (inert: it warns and touches nothing).
+    fn begin_release(&self) -> Option<(Backend, Option<i64>)> {
+        if self.inherited() {
+            if matches!(*self.state.lock(), State::Held { .. }) {
+                self.warn_inherited("release");
+            }
+            return None;
+        }
+        let mut st = self.state.lock();
+        let State::Held { backend, fence } = *st else {
+            return None;
+        };
+        *st = State::Released { backend, fence };
+        drop(st);
+        // lost is decided before `done` is set: after that nothing checks the deadline
+        self.check_deadline();
+        let since = self.held_since.load(Ordering::Relaxed);
+        self.core.metrics.hold.record_since(since);
+        self.done.store(true, Ordering::Release);
+        if let Some(t) = self.renew.lock().take() {
+            t.abort();
+        }
+        Some((backend, fence))
+    }
+
+    pub(crate) fn release_sync(&self) -> Result<bool> {
+        let Some((backend, _)) = self.begin_release() else {
+            return Ok(false);
+        };
+        let ok = match backend {
+            // a lost lease is over or someone else's: nothing to send
+            _ if self.lost.load(Ordering::Acquire) => false,
+            Backend::Local => true,
+            Backend::Redis => {
+                let conn = self.core.conn()?;
+                let inv = invoke4(&RELEASE, &self.names, &[&self.token]);
+                // past the deadline there is nothing left to release: do not wait beyond it
+                let until = self.deadline();
+                match conn.sync_until(Some(until), |c| {
+                    before_deadline(c, until, conn.io_timeout(), |c| inv.invoke::<i64>(c))
+                }) {
+                    Ok(v) => v == 1,
+                    Err(e) => {
+                        self.release_failed(&conn, &e);
+                        false
+                    }
+                }
+            }
+        };
+        // Redis first, then the table: a waiter of this process then finds Redis free
+        let live = process().held.release(&self.held_key, &self.token);
+        Ok(ok && live && !self.lost.load(Ordering::Acquire))
+    }
+
+    pub(crate) async fn release_async(&self) -> Result<bool> {
+        let Some((backend, _)) = self.begin_release() else {
+            return Ok(false);
+        };
+        let ok = match backend {
+            _ if self.lost.load(Ordering::Acquire) => false,
+            Backend::Local => true,
+            Backend::Redis => {
+                let conn = self.core.conn()?;
+                let inv = invoke4(&RELEASE, &self.names, &[&self.token]);
+                let until = self.deadline();
+                let r = tokio::time::timeout_at(until.into(), conn.run_async::<i64>(&inv))
+                    .await
+                    .unwrap_or_else(|_| Err(past_deadline()));
+                match r {
+                    Ok(v) => v == 1,
+                    Err(e) => {
+                        self.release_failed(&conn, &e);
+                        false
+                    }
+                }
+            }
+        };
+        let live = process().held.release(&self.held_key, &self.token);
+        Ok(ok && live && !self.lost.load(Ordering::Acquire))
+    }
+
+    fn release_failed(&self, conn: &Conn, e: &redis::RedisError) {
+        self.core
+            .metrics
+            .redis_errors
+            .fetch_add(1, Ordering::Relaxed);
+        let desc = conn.target.describe(e);
+        let key = self.names.lock.clone();
+        pyglue::log_detached(WARNING, || {
+            format!("sessionlock: could not release {key:?} ({desc}); renewal stopped, the lease runs out on its own")
+        });
+    }
+
+    pub(super) fn log_released(&self, py: Python<'_>, ok: bool) {
+        pyglue::log(py, DEBUG, || {
+            format!(
+                "sessionlock: released {:?} (token {}): {}",
+                self.names.lock,
+                self.token,
+                if ok { "ok" } else { "was no longer held" }
+            )
+        });
+    }
+
+    /// Asks the backend whether this handle still owns the lock. The question to Redis
+    /// waits at most until the local lease deadline: past it the answer is "no".
+    /// `Err` only when Redis could not be asked before the deadline.
+    pub(super) fn is_held_sync(&self) -> Result<bool> {
+        let State::Held { backend, .. } = *self.state.lock() else {
+            return Ok(false);
+        };
+        if self.inherited() || self.is_lost() {
+            return Ok(false);
+        }
+        match backend {
+            Backend::Local => Ok(process().held.holds(&self.held_key, &self.token)),
+            Backend::Redis => {
+                let conn = self.core.conn()?;
+                let until = self.deadline();
+                let mut inv = HOLDER.prepare_invoke();
+                inv.key(&self.names.lock);
+                let r = conn.sync_until(Some(until), |c| {
+                    before_deadline(c, until, conn.io_timeout(), |c| {
+                        inv.invoke::<(String, i64)>(c)
+                    })
+                });
+                match r {
+                    Ok((t, _)) => Ok(t == self.token),
+                    Err(_) if self.is_lost() => Ok(false),
+                    Err(e) => Err(Error::Unavailable(format!(
+                        "cannot check the lock: {}",
+                        conn.target.describe(&e)
+                    ))),
+                }
+            }
+        }
+    }
+
+    pub(super) fn extend_sync(&self, ttl: Duration) -> Result<bool> {
+        if self.inherited() {
+            self.warn_inherited("extend");
+            return Ok(false);
+        }
+        let State::Held { backend, .. } = *self.state.lock() else {
+            return Ok(false);
+        };
+        if self.is_lost() {
+            return Ok(false);
+        }
+        let sent = Instant::now();
+        let ok = match backend {
+            Backend::Local => process().held.holds(&self.held_key, &self.token),
+            Backend::Redis => {
+                let conn = self.core.conn()?;
+                let inv = self.extend_inv(ttl);
+                let key = &self.names.lock;
+                let rep = self.core.replication;
+                conn.sync(|c| {
+                    let v = inv.invoke::<i64>(c)?;
+                    match rep {
+                        Some(r) if v == 1 => {
+                            let acked = c.wait_replicas(key, r.replicas, r.timeout)?;
+                            if acked < i64::from(r.replicas) {
+                                return Err(unreplicated(acked, r));
+                            }
+                            Ok(v)
+                        }
+                        _ => Ok(v),
+                    }
+                })
+                .map_err(|e| {
+                    Error::Unavailable(format!("cannot extend: {}", conn.target.describe(&e)))
+                })? == 1
+            }
+        };
+        if !ok {
+            self.mark_lost("extend found the key gone or owned by another token");
+            return Ok(false);
+        }
+        Ok(self.confirm(lease_end(sent, ttl)))
+    }
+
+    pub(crate) fn lost_error(&self) -> Error {
+        Error::Lost(format!(
+            "lock {:?} (token {}) was lost: its lease ran out or another client took it",
+            self.names.lock, self.token
+        ))
+    }
+
+    pub(crate) fn timeout_error(&self) -> Error {
+        let holder = self.last_holder.lock().clone();
+        Error::Timeout(format!(
+            "could not acquire {:?} within {:.3}s{}",
+            self.names.lock,
+            self.wait.as_secs_f64(),
+            holder.map_or_else(String::new, |h| format!(" (held by {h})"))
+        ))
+    }
+}
+
+fn past_deadline() -> redis::RedisError {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "no reply before the lease deadline",
+    )
+    .into()
+}
+
+/// Runs `f` on a blocking connection waiting for its reply at most until the lease
+/// deadline `until` (a timeout error after it; the connection is then dropped, not pooled).
+/// The socket's timeout is touched only when the deadline comes before the usual one.
+fn before_deadline<T>(
+    c: &mut SyncConn,
+    until: Instant,
+    normal: Duration,
+    f: impl FnOnce(&mut SyncConn) -> redis::RedisResult<T>,
+) -> redis::RedisResult<T> {
+    let left = until.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(past_deadline());
+    }
+    if left >= normal {
+        return f(c);
+    }
+    c.set_read_timeout(Some(left))?;
+    let r = f(c);
+    // a healthy socket accepts it; a broken one is not pooled again anyway
+    let _ = c.set_read_timeout(Some(normal));
+    r
+}

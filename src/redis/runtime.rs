@@ -1,0 +1,188 @@
+//! The per-process state every Redis object hangs off (`Process`: the tokio runtime, the
+//! per-URL connections, the held-keys table), the fork rules, and the glue that runs
+//! pyo3-async-runtimes awaitables on that runtime.
+//!
+//! Fork safety: all of it hangs off one `Process` value tagged with the pid that built it.
+//! A child after `os.fork()` finds a foreign pid, leaks the parent's value (its threads do
+//! not exist in the child, so dropping it could block) and builds its own.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use pyo3::prelude::*;
+use pyo3_async_runtimes::generic::{ContextExt, Runtime as GenericRuntime};
+use pyo3_async_runtimes::TaskLocals;
+use sessionlock_core::lock::held_keys::HeldKeys;
+
+use super::conn::{io_timeout_for, Conn, Outage};
+use super::pubsub::Hub;
+use super::source::Source;
+use super::Target;
+use crate::errors::{Error, Result};
+
+/// The per-process state. Built lazily, rebuilt after fork.
+pub struct Process {
+    pid: u32,
+    /// Where tasks are spawned; keeps working (spawns are refused) once the runtime is shut.
+    pub handle: tokio::runtime::Handle,
+    /// Owned here so that `shutdown_runtime` can stop it before the interpreter finalizes.
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
+    conns: Mutex<HashMap<String, Arc<Conn>>>,
+    /// The keys this process holds or waits for (`held_keys.rs`): fresh in a forked child,
+    /// so a child never waits behind, or releases, what its parent holds.
+    pub held: Arc<HeldKeys>,
+}
+
+static PROCESS: Mutex<Option<Arc<Process>>> = Mutex::new(None);
+
+/// This process's id, cached: `getpid` is a system call and the lock's hot paths ask for
+/// it several times per acquisition. 0 means "not known": a `pthread_atfork` child handler
+/// resets it, so a forked child looks its own pid up on first use.
+static PID: AtomicU32 = AtomicU32::new(0);
+
+extern "C" fn forget_pid_in_child() {
+    // Async-signal-safe: one atomic store.
+    PID.store(0, Ordering::Relaxed);
+}
+
+/// The current process id (right in a forked child too).
+pub fn pid() -> u32 {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    let p = PID.load(Ordering::Relaxed);
+    if p != 0 {
+        return p;
+    }
+    // registered before the first value is cached, so no fork can copy a stale one
+    ONCE.call_once(|| {
+        // SAFETY: the handler is a plain `extern "C" fn` that only stores to an atomic.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(forget_pid_in_child)) };
+        assert_eq!(rc, 0, "pthread_atfork failed");
+    });
+    let p = std::process::id();
+    PID.store(p, Ordering::Relaxed);
+    p
+}
+
+/// This process's state (a fresh one in a forked child).
+pub fn process() -> Arc<Process> {
+    let pid = pid();
+    let mut slot = PROCESS.lock();
+    if let Some(p) = slot.as_ref() {
+        if p.pid == pid {
+            return p.clone();
+        }
+        // Forked child: the parent's runtime threads and sockets are not ours. Leak them.
+        if let Some(old) = slot.take() {
+            std::mem::forget(old);
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sessionlock-redis")
+        .enable_all()
+        .build()
+        .expect("cannot start the tokio runtime");
+    let p = Arc::new(Process {
+        pid,
+        handle: runtime.handle().clone(),
+        runtime: Mutex::new(Some(runtime)),
+        conns: Mutex::new(HashMap::new()),
+        held: Arc::new(HeldKeys::default()),
+    });
+    *slot = Some(p.clone());
+    p
+}
+
+/// Stops this process's runtime; registered with `atexit`. CPython ends any thread that
+/// tries to take the GIL once finalization has begun, and a runtime thread completing an
+/// asyncio future then (pyo3-async-runtimes' `set_result`) dies inside Rust frames, which
+/// aborts the whole process. atexit runs before finalization, so after this no runtime
+/// thread is left to try. Tasks still in flight are dropped: leases they held run out.
+#[pyfunction]
+pub fn _shutdown_runtime(py: Python<'_>) {
+    let current = PROCESS.lock().clone();
+    let Some(p) = current else { return };
+    if p.pid != pid() {
+        return; // a forked child that never used Redis: the parent's runtime is not ours
+    }
+    let runtime = p.runtime.lock().take();
+    if let Some(rt) = runtime {
+        // Runtime threads may need the GIL to finish what they are doing: let them have it.
+        py.detach(move || rt.shutdown_timeout(Duration::from_secs(1)));
+    }
+}
+
+impl Process {
+    /// The connections to `target` (created on first use; no I/O here).
+    pub fn conn(&self, target: &Target, connect_timeout: Duration) -> Result<Arc<Conn>> {
+        let mut map = self.conns.lock();
+        if let Some(c) = map.get(target.url()) {
+            return Ok(c.clone());
+        }
+        let source = Source::new(target, connect_timeout, io_timeout_for(connect_timeout))
+            .map_err(|e| Error::Value(target.describe(&e)))?;
+        let c = Arc::new(Conn {
+            source,
+            target: target.clone(),
+            connect_timeout,
+            pool: Mutex::new(Vec::new()),
+            aconn: tokio::sync::Mutex::new(None),
+            hub: Hub::default(),
+            sync_sub: Mutex::new(None),
+            sync_patterns: Mutex::new((Vec::new(), Vec::new())),
+            sync_fast_off: AtomicBool::new(false),
+            outage: Mutex::new(Outage::default()),
+        });
+        map.insert(target.url().to_owned(), c.clone());
+        Ok(c)
+    }
+}
+
+/// pyo3-async-runtimes glue: awaitables run on this process's runtime (fork-aware), not on
+/// the crate's global one, which cannot be rebuilt in a forked child.
+pub struct ForkSafeRuntime;
+
+tokio::task_local! {
+    static TASK_LOCALS: std::cell::OnceCell<TaskLocals>;
+}
+
+impl GenericRuntime for ForkSafeRuntime {
+    type JoinError = tokio::task::JoinError;
+    type JoinHandle = tokio::task::JoinHandle<()>;
+
+    fn spawn<F>(fut: F) -> Self::JoinHandle
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        process().handle.spawn(fut)
+    }
+
+    fn spawn_blocking<F>(f: F) -> Self::JoinHandle
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        process().handle.spawn_blocking(f)
+    }
+}
+
+impl ContextExt for ForkSafeRuntime {
+    fn scope<F, R>(locals: TaskLocals, fut: F) -> Pin<Box<dyn Future<Output = R> + Send>>
+    where
+        F: Future<Output = R> + Send + 'static,
+    {
+        let cell = std::cell::OnceCell::new();
+        let _ = cell.set(locals);
+        Box::pin(TASK_LOCALS.scope(cell, fut))
+    }
+
+    fn get_task_locals() -> Option<TaskLocals> {
+        TASK_LOCALS
+            .try_with(|c| c.get().cloned())
+            .unwrap_or_default()
+    }
+}

@@ -1,0 +1,28 @@
+//! `RedisSessionManager` and its `RedisSessionLock`: the `BaseSessionManager` interface
+//! backed by Redis, for sessions shared by uvicorn workers and servers.
+//!
+//! The stored format is the core's `session::value`, the scripts its `session::scripts`; the
+//! connections (and their pool, runtime and fork handling) are `crate::redis`'s and the
+//! per-session lock is a `RedisLock` (`crate::lock`) with `fallback="raise"`: sessions
+//! never fall back to process memory. This folder converts arguments, runs the codec (Python
+//! code, always with no Rust lock held), releases the GIL around every round trip, and keeps
+//! the one piece of in-process state: which thread or task of this process holds which
+//! session lock, so that the owner can re-enter (`update()` inside `with mgr.lock(sid)`).
+//!
+//! The async forms (`async with mgr.lock(sid)`, `aupdate`) are short coroutines in
+//! `sessionlock/_redis_session.py` that await the network parts here and run the codec and
+//! the user's function on the event loop's thread, never on the runtime's.
+//!
+//! - `store.rs`: the shared state and every Redis read and write (`SessionStore`);
+//! - `codec.rs`: values to payloads and back (JSON or pickle);
+//! - `manager.rs`: the `RedisSessionManager` pyclass;
+//! - `lock.rs`: the `RedisSessionLock` pyclass.
+
+mod codec;
+mod lock;
+mod manager;
+mod store;
+
+pub use codec::_json_exact;
+pub use lock::PyRedisSessionLock;
+pub use manager::PyRedisSessionManager;
