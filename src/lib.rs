@@ -1,30 +1,29 @@
-//! sessionlock's native core. This file only wires the module; each concept lives in its
-//! own file: `store` (session map), `key` (stored ids, located once per call), `keylock`
-//! (per-key FIFO locks), `manager`
-//! (BaseSessionManager), `session_lock` (SessionLock and its awaitable), `errors`,
-//! `config` (argument rules), `metrics` (histograms and the registry a scrape reads),
-//! `pyglue` (asking Python who runs), `random` (fork-safe ids and tokens), and the distributed lock:
-//! `redis_lock` (RedisLock and its handles), `redis_scripts` (the Lua protocol),
-//! `redis_conn` (connections, runtime, pub/sub, fork) and `held_keys` (the in-process table
-//! of held keys, also the fallback); and
-//! the Redis-backed sessions: `redis_session` (RedisSessionManager and its lock),
-//! `session_scripts` (their Lua) and `session_value` (stored format and signature).
+//! sessionlock's Python binding (the `_sessionlock` extension module). This file only wires
+//! the module. The rules, formats and data structures live in the pure-Rust core
+//! (`crates/sessionlock-core`: the session map and key-lock table, the Lua protocols, the
+//! held-keys table, the value framing and MAC, limits, metrics histograms); this crate holds
+//! the `#[pyclass]`es, converts arguments, finds owners, releases the GIL around waits and
+//! maps errors:
+//!
+//! - `local/`: `BaseSessionManager` (`manager`) and `SessionLock` (`session_lock`);
+//! - `lock/`: `RedisLock` / `RecommendationLock` and `LockHandle` (the acquire, lease and
+//!   release loops of a handle in `engine` and `lease`);
+//! - `session/`: `RedisSessionManager`, its lock and codecs, its Redis reads and writes;
+//! - `redis/`: connections (single, Cluster, Sentinel), the per-process runtime and fork
+//!   handling, the pub/sub hub of hand-off notices;
+//! - `owner` (which thread or asyncio task is running), `log` (the `sessionlock` logger),
+//!   `errors` (the exception types and the one mapping to them), `metrics` (the registry a
+//!   scrape reads), `generic` (`types.GenericAlias` for the runtime-generic classes).
 
 pub mod errors;
-pub mod keylock;
+mod generic;
+mod local;
 mod lock;
-pub mod manager;
+mod log;
 pub mod metrics;
-mod pyglue;
+mod owner;
 mod redis;
 mod session;
-pub mod session_lock;
-
-// Old paths of core modules, kept only for the files another change is rewriting
-// (`manager.rs`, `session_lock.rs`); everything else names `sessionlock_core::...` directly.
-pub use sessionlock_core::limits as config;
-pub use sessionlock_core::local::{key, store};
-pub use sessionlock_core::{counters, random};
 
 use pyo3::prelude::*;
 
@@ -35,16 +34,16 @@ use pyo3::prelude::*;
 fn _sessionlock(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     errors::register(m)?;
-    pyglue::register(m)?;
+    owner::register(m)?;
     metrics::register(m)?;
     sessionlock_core::random::register_fork_handler();
     let shutdown = wrap_pyfunction!(crate::redis::_shutdown_runtime, m)?;
     m.py()
         .import("atexit")?
         .call_method1("register", (shutdown,))?;
-    m.add_class::<manager::PyManager>()?;
-    m.add_function(wrap_pyfunction!(manager::_set_lock_fairness, m)?)?;
-    m.add_class::<session_lock::PySessionLock>()?;
+    m.add_class::<local::manager::PyManager>()?;
+    m.add_function(wrap_pyfunction!(local::manager::_set_lock_fairness, m)?)?;
+    m.add_class::<local::session_lock::PySessionLock>()?;
     m.add_class::<lock::PyRedisLock>()?;
     m.add_class::<lock::PyRecommendationLock>()?;
     m.add_class::<lock::PyLockHandle>()?;

@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyInt, PyString};
 
 use crate::errors::{Error, Result};
-use crate::pyglue::{self, WARNING};
+use crate::log::{self, WARNING};
 use crate::redis::{process, Conn, Target};
 use sessionlock_core::limits::{non_negative_secs, positive_secs};
 
@@ -141,7 +141,7 @@ impl LockConfig {
             } else {
                 "using the process-local lock (excludes within this process only)"
             };
-            pyglue::log_detached(WARNING, || {
+            log::log_detached(WARNING, || {
                 format!("sessionlock: Redis unreachable ({desc}); {fallback} until it answers")
             });
         }
@@ -158,7 +158,7 @@ impl LockConfig {
         if was_down {
             conn.sync_fast_off.store(false, Ordering::Relaxed);
             let shown = conn.target.display.clone();
-            pyglue::log_detached(WARNING, || {
+            log::log_detached(WARNING, || {
                 format!("sessionlock: Redis at {shown} answers again; back to the distributed lock")
             });
         }

@@ -14,7 +14,7 @@ use super::protocol::{
     invoke4, ms, ACQUIRE, CANCEL, CLAIM, EXTEND, GRACE, HEARTBEAT, RELEASE, STEP,
 };
 use crate::errors::{Error, Result};
-use crate::pyglue::{self, DEBUG, WARNING};
+use crate::log::{self, DEBUG, WARNING};
 use crate::redis::{process, Conn, Notice};
 use sessionlock_core::lock::held_keys::Entry;
 use sessionlock_core::lock::scripts::Names;
@@ -187,7 +187,7 @@ impl HandleInner {
         let key = self.names.lock.clone();
         let (pid, me) = (self.pid, crate::redis::pid());
         let what = what.to_owned();
-        pyglue::log_detached(WARNING, || {
+        log::log_detached(WARNING, || {
             format!(
                 "sessionlock: {what} on a LockHandle for {key:?} inherited from process {pid} \
                  by forked process {me}: ignored, the parent's lease is untouched"
@@ -351,7 +351,7 @@ impl HandleInner {
         let key = self.names.lock.clone();
         let token = self.token.clone();
         let holder = holder.to_owned();
-        pyglue::log_detached(DEBUG, || {
+        log::log_detached(DEBUG, || {
             format!("sessionlock: waiting for {key:?} (token {token}): held by {holder}, {pttl} ms left")
         });
     }
@@ -675,7 +675,7 @@ impl HandleInner {
 
     pub(super) fn log_outcome(&self, py: Python<'_>, held: bool) {
         let state = *self.state.lock();
-        pyglue::log(py, DEBUG, || {
+        log::log(py, DEBUG, || {
             let waited = self.waited_ns.load(Ordering::Relaxed) as f64 / 1e6;
             if held {
                 let (backend, fence) = match state {

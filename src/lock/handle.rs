@@ -12,7 +12,8 @@ use pyo3::types::{PyDict, PyTuple};
 use super::config::Backend;
 use super::engine::{Acquiring, HandleInner, State};
 use crate::errors::{Error, Result};
-use crate::pyglue::{self, DEBUG, WARNING};
+use crate::log::{self, DEBUG, WARNING};
+use crate::owner;
 use crate::redis::ForkSafeRuntime;
 use sessionlock_core::limits::positive_secs;
 
@@ -98,14 +99,14 @@ impl PyLockHandle {
         if *self.inner.state.lock() != State::Pending {
             return Ok(());
         }
-        if pyglue::running_loop(py)?.is_some()
+        if owner::running_loop(py)?.is_some()
             && !self
                 .inner
                 .core
                 .warned_sync_in_loop
                 .swap(true, Ordering::AcqRel)
         {
-            pyglue::log(py, WARNING, || {
+            log::log(py, WARNING, || {
                 format!(
                     "sessionlock: lock {:?} acquired synchronously inside a running event loop; \
                      this blocks the loop while waiting: use `async with` / `await`",
@@ -321,7 +322,7 @@ impl PyLockHandle {
 
     fn __await__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        let debug = pyglue::log_enabled(py, DEBUG);
+        let debug = log::log_enabled(py, DEBUG);
         let claimed = slf.get().claim()?;
         let inner = slf.get().inner.clone();
         let me: Py<Self> = slf.clone().unbind();
@@ -334,7 +335,7 @@ impl PyLockHandle {
 
     fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
-        let debug = pyglue::log_enabled(py, DEBUG);
+        let debug = log::log_enabled(py, DEBUG);
         let claimed = slf.get().claim()?;
         let inner = slf.get().inner.clone();
         let me: Py<Self> = slf.clone().unbind();
@@ -356,7 +357,7 @@ impl PyLockHandle {
         _tb: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let clean = exc_type.is_none_or(Bound::is_none);
-        let debug = pyglue::log_enabled(py, DEBUG);
+        let debug = log::log_enabled(py, DEBUG);
         let inner = self.inner.clone();
         Self::awaitable(py, async move {
             let ok = inner.release_async().await?;

@@ -11,7 +11,7 @@ use super::config::{unreplicated, Backend};
 use super::engine::{lease_end, HandleInner, State, LEASE_RAN_OUT};
 use super::protocol::{invoke4, HOLDER, RELEASE};
 use crate::errors::{Error, Result};
-use crate::pyglue::{self, DEBUG, INFO, WARNING};
+use crate::log::{self, DEBUG, INFO, WARNING};
 use crate::redis::{process, Conn, SyncConn};
 
 impl HandleInner {
@@ -33,7 +33,7 @@ impl HandleInner {
         let key = self.names.lock.clone();
         let token = self.token.clone();
         let why = why.to_owned();
-        pyglue::log_detached(WARNING, || {
+        log::log_detached(WARNING, || {
             format!("sessionlock: lock {key:?} (token {token}) LOST: {why}")
         });
     }
@@ -74,7 +74,7 @@ impl HandleInner {
                 let left = max.saturating_sub(started.elapsed());
                 if left.is_zero() {
                     let key = self.names.lock.clone();
-                    pyglue::log_detached(INFO, || {
+                    log::log_detached(INFO, || {
                         format!("sessionlock: {key:?} reached max_hold; renewal stopped, the lease runs out")
                     });
                     renewing = false;
@@ -116,7 +116,7 @@ impl HandleInner {
                     if !std::mem::replace(&mut failing, true) {
                         let desc = self.core.target.describe(&e);
                         let key = self.names.lock.clone();
-                        pyglue::log_detached(WARNING, || {
+                        log::log_detached(WARNING, || {
                             format!("sessionlock: renewing {key:?} failed (retrying until the lease deadline): {desc}")
                         });
                     }
@@ -229,13 +229,13 @@ impl HandleInner {
             .fetch_add(1, Ordering::Relaxed);
         let desc = conn.target.describe(e);
         let key = self.names.lock.clone();
-        pyglue::log_detached(WARNING, || {
+        log::log_detached(WARNING, || {
             format!("sessionlock: could not release {key:?} ({desc}); renewal stopped, the lease runs out on its own")
         });
     }
 
     pub(super) fn log_released(&self, py: Python<'_>, ok: bool) {
-        pyglue::log(py, DEBUG, || {
+        log::log(py, DEBUG, || {
             format!(
                 "sessionlock: released {:?} (token {}): {}",
                 self.names.lock,

@@ -15,7 +15,8 @@ use super::engine::{HandleInner, State};
 use super::handle::PyLockHandle;
 use super::protocol::{invoke4, FORCE, HOLDER};
 use crate::errors::{Error, Result};
-use crate::pyglue;
+
+use crate::owner;
 use crate::redis::{process, Target};
 use sessionlock_core::limits::{non_negative_secs, positive_secs};
 use sessionlock_core::lock::scripts::Names;
@@ -146,7 +147,7 @@ impl PyRedisLock {
     ) -> Result<PyLockHandle> {
         let wait = self.core.wait_for(wait)?;
         let h = self.new_handle(key, ttl, wait)?;
-        if allow_pending && pyglue::running_loop(py)?.is_some() {
+        if allow_pending && owner::running_loop(py)?.is_some() {
             return Ok(h);
         }
         h.acquire_blocking(py)?;

@@ -12,11 +12,12 @@ use pyo3::types::{PyBytes, PyType};
 use super::manager::helpers;
 use super::store::{bump, SessionStore, Token, FOREVER};
 use crate::errors::{Error, Result};
-use crate::keylock::Owner;
 use crate::lock::PyLockHandle;
-use crate::pyglue::{self, current_owner};
+use crate::log;
+use crate::owner::current_owner;
 use crate::redis::ForkSafeRuntime;
 use sessionlock_core::limits;
+use sessionlock_core::local::keylock::Owner;
 
 /// One `with` level: what was read on entry, so the exit writes back only real changes.
 struct Frame {
@@ -127,7 +128,7 @@ impl PyRedisSessionLock {
 impl PyRedisSessionLock {
     #[classmethod]
     fn __class_getitem__(cls: &Bound<'_, PyType>, item: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        pyglue::generic_alias(cls.as_any(), item)
+        crate::generic::generic_alias(cls.as_any(), item)
     }
 
     #[getter]
@@ -345,7 +346,7 @@ impl PyRedisSessionLock {
             Some((h, claimed))
         };
         let key = st.key(&self.sid);
-        let debug = pyglue::log_enabled(py, pyglue::DEBUG);
+        let debug = log::log_enabled(py, log::DEBUG);
         let fut = async move {
             let started = Instant::now();
             let mut out_handle = None;

@@ -16,9 +16,10 @@ use super::codec::{Codec, Kind};
 use super::lock::PyRedisSessionLock;
 use super::store::{bump, sid_of_key, state_of, SessionStore, Stats, TOUCH};
 use crate::errors::{Error, Result};
+use crate::local::manager::{check_callable, session_id as checked_id};
 use crate::lock::PyRedisLock;
-use crate::manager::{check_callable, session_id as checked_id};
-use crate::pyglue::{self, current_owner, WARNING};
+use crate::log::{self, WARNING};
+use crate::owner::current_owner;
 use crate::redis::Target;
 use sessionlock_core::limits;
 use sessionlock_core::session::scripts;
@@ -190,7 +191,7 @@ impl PyRedisSessionManager {
 
     #[classmethod]
     fn __class_getitem__(cls: &Bound<'_, PyType>, item: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        pyglue::generic_alias(cls.as_any(), item)
+        crate::generic::generic_alias(cls.as_any(), item)
     }
 
     #[getter]
@@ -290,7 +291,7 @@ impl PyRedisSessionManager {
                 // and counted, not raised after the fact).
                 st.set(py, &key, &body, true)?;
                 let e: PyErr = e.into();
-                pyglue::log(py, WARNING, || {
+                log::log(py, WARNING, || {
                     format!(
                         "sessionlock: set_session replaced an unreadable value: {}",
                         e.value(py)

@@ -15,10 +15,10 @@ use redis::Script;
 
 use super::codec::Codec;
 use crate::errors::{Error, Result};
-use crate::keylock::Owner;
 use crate::lock::{PyLockHandle, PyRedisLock};
-use crate::pyglue::thread_id;
+use crate::owner::thread_id;
 use crate::redis::{process, Conn, Target};
+use sessionlock_core::local::keylock::Owner;
 use sessionlock_core::session::scripts;
 use sessionlock_core::session::value::Signer;
 

@@ -1,5 +1,7 @@
-//! The in-memory side: the session map ([`store`]) and the session ids as it and the lock
-//! table store them ([`key`]).
+//! The in-memory side: the session map ([`store`]), the per-session lock table
+//! ([`keylock`]: FIFO queues with eventual fairness) and the session ids as both store them
+//! ([`key`]).
 
 pub mod key;
+pub mod keylock;
 pub mod store;

@@ -22,14 +22,17 @@ use pyo3::gc::{PyTraverseError, PyVisit};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyType};
 
-use crate::config;
-use crate::counters::{Counters, C};
 use crate::errors::{Error, Result};
-use crate::key::Loc;
-use crate::keylock::{Cancel, KeyLocks, Next, Outcome, Owner, Payload, Retry, Waiter};
-use crate::pyglue::{self, current_owner, thread_id};
-use crate::session_lock::PySessionLock;
-use crate::store::{now_ns, Get, Insert, Remove, Store, Ttl};
+use crate::local::session_lock::PySessionLock;
+use crate::log;
+use crate::owner::{current_owner, thread_id};
+use sessionlock_core::counters::{Counters, C};
+use sessionlock_core::limits;
+use sessionlock_core::local::key::Loc;
+use sessionlock_core::local::keylock::{
+    Cancel, KeyLocks, Next, Outcome, Owner, Payload, Retry, Waiter,
+};
+use sessionlock_core::local::store::{now_ns, Get, Insert, Remove, Store, Ttl};
 
 /// How a queued waiter is woken once the lock has been handed to it.
 #[derive(Debug)]
@@ -254,7 +257,7 @@ impl Inner {
         for (key, value) in gone {
             if let Some(cb) = &cb {
                 if let Err(err) = cb.call1(py, (&*key, &value, reason)) {
-                    pyglue::log_exception(
+                    log::log_exception(
                         py,
                         &format!("on_evict({key:?}, ..., {reason:?}) raised"),
                         &err,
@@ -535,11 +538,11 @@ fn wake(py: Python<'_>, waiter: &Waiter<Wake>) -> bool {
             event_loop,
             verdict,
         } => {
-            verdict.store(crate::session_lock::GRANTED, Ordering::Release);
+            verdict.store(crate::local::session_lock::GRANTED, Ordering::Release);
             let res = if waiter.owner.loop_thread == thread_id() {
-                crate::session_lock::resolve_waiter(fut.bind(py))
+                crate::local::session_lock::resolve_waiter(fut.bind(py))
             } else {
-                crate::session_lock::resolver(py).and_then(|r| {
+                crate::local::session_lock::resolver(py).and_then(|r| {
                     event_loop
                         .call_method1(py, "call_soon_threadsafe", (r, fut))
                         .map(drop)
@@ -548,7 +551,7 @@ fn wake(py: Python<'_>, waiter: &Waiter<Wake>) -> bool {
             match res {
                 Ok(()) => true,
                 Err(err) => {
-                    pyglue::log_exception(
+                    log::log_exception(
                         py,
                         "could not wake an asyncio lock waiter; passing the lock on",
                         &err,
@@ -629,9 +632,9 @@ impl PyManager {
         name: Option<&str>,
     ) -> Result<()> {
         // Validate everything before changing anything.
-        let idle = config::ttl_ns("idle_ttl", idle_ttl)?;
-        let absolute = config::ttl_ns("absolute_ttl", absolute_ttl)?;
-        let max = config::max_sessions(max_sessions)?;
+        let idle = limits::ttl_ns("idle_ttl", idle_ttl)?;
+        let absolute = limits::ttl_ns("absolute_ttl", absolute_ttl)?;
+        let max = limits::max_sessions(max_sessions)?;
         let on_evict = on_evict.filter(|f| !f.is_none());
         if let Some(f) = &on_evict {
             check_callable("on_evict", f)?;
@@ -648,14 +651,16 @@ impl PyManager {
 
     #[classmethod]
     fn __class_getitem__(cls: &Bound<'_, PyType>, item: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        crate::pyglue::generic_alias(cls.as_any(), item)
+        crate::generic::generic_alias(cls.as_any(), item)
     }
 
     fn create_session(&self, py: Python<'_>, context: Py<PyAny>) -> PyResult<String> {
         let mut value = context;
         loop {
             let mut buf = uuid::Uuid::encode_buffer();
-            let id = crate::random::uuid_v4().hyphenated().encode_lower(&mut buf);
+            let id = sessionlock_core::random::uuid_v4()
+                .hyphenated()
+                .encode_lower(&mut buf);
             match self.inner.insert(py, &Loc::new(id), value, false) {
                 Insert::Present { rejected } => value = rejected, // a uuid4 collision: draw again
                 _ => return Ok(id.to_owned()),
@@ -849,7 +854,7 @@ impl PyManager {
         timeout: Option<f64>,
     ) -> Result<PySessionLock> {
         let key = &Loc::new(self::session_id(session_id)?);
-        let timeout = config::optional_timeout("timeout", timeout)?;
+        let timeout = limits::optional_timeout("timeout", timeout)?;
         Ok(PySessionLock::new(
             slf.clone().into_any().unbind(),
             slf.get().inner.clone(),
@@ -956,7 +961,7 @@ impl PyManager {
 #[pyfunction]
 #[pyo3(signature = (manager, seconds))]
 pub fn _set_lock_fairness(manager: &Bound<'_, PyManager>, seconds: Option<f64>) -> Result<()> {
-    let fair = match config::optional_timeout("seconds", seconds)? {
+    let fair = match limits::optional_timeout("seconds", seconds)? {
         None => Duration::MAX,
         Some(s) => Duration::from_secs_f64(s),
     };

@@ -1,6 +1,6 @@
-//! The few places the core asks Python who is running: the current thread, the running
-//! asyncio loop and task (the lock owner), and the `sessionlock` logger. Lookups are cached
-//! in `PyOnceLock`s; all of them are cheap C-level calls on the fast path.
+//! Who is running: the current thread, the running asyncio loop and task — the owner of a
+//! session lock. Lookups are cached in `PyOnceLock`s and a per-thread loop cache; all of them
+//! are cheap C-level calls on the fast path.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -8,7 +8,7 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
 
-use crate::keylock::Owner;
+use sessionlock_core::local::keylock::Owner;
 
 /// A process-unique id of the calling OS thread (never reused, unlike `get_ident()`).
 #[must_use]
@@ -173,89 +173,4 @@ fn current_task<'py>(
         ),
     };
     Ok(task.filter(|t| !t.is_none()))
-}
-
-fn logger(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
-    static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    LOGGER
-        .get_or_try_init(py, || {
-            Ok::<_, PyErr>(
-                py.import("logging")?
-                    .call_method1("getLogger", ("sessionlock",))?
-                    .unbind(),
-            )
-        })
-        .map(|l| l.bind(py))
-}
-
-/// Logs `msg` with the traceback of `err` at ERROR level; never raises.
-pub fn log_exception(py: Python<'_>, msg: &str, err: &PyErr) {
-    let res = logger(py).and_then(|l| {
-        let kw = PyDict::new(py);
-        kw.set_item("exc_info", err.value(py))?;
-        l.call_method("error", (msg,), Some(&kw))?;
-        Ok(())
-    });
-    if let Err(e) = res {
-        e.write_unraisable(py, None);
-    }
-}
-
-/// `logging` levels used by the Redis lock.
-pub const DEBUG: u8 = 10;
-pub const INFO: u8 = 20;
-pub const WARNING: u8 = 30;
-
-/// Logs through the `sessionlock` logger if it is enabled for `level`; `msg` is built only
-/// then, so a disabled DEBUG line costs one `isEnabledFor` call. Never raises.
-pub fn log(py: Python<'_>, level: u8, msg: impl FnOnce() -> String) {
-    let res = logger(py).and_then(|l| {
-        if l.call_method1(pyo3::intern!(py, "isEnabledFor"), (level,))?
-            .is_truthy()?
-        {
-            l.call_method1(pyo3::intern!(py, "log"), (level, msg()))?;
-        }
-        Ok(())
-    });
-    if let Err(e) = res {
-        e.write_unraisable(py, None);
-    }
-}
-
-/// Whether the `sessionlock` logger would emit `level` now (false if it cannot say).
-pub fn log_enabled(py: Python<'_>, level: u8) -> bool {
-    logger(py)
-        .and_then(|l| {
-            l.call_method1(pyo3::intern!(py, "isEnabledFor"), (level,))?
-                .is_truthy()
-        })
-        .unwrap_or(false)
-}
-
-/// [`log`] from a thread that does not hold the GIL (a runtime task). Skipped when the
-/// interpreter is shutting down.
-pub fn log_detached(level: u8, msg: impl FnOnce() -> String) {
-    let _ = Python::try_attach(|py| log(py, level, msg));
-}
-
-/// `types.GenericAlias(cls, item)`: what `__class_getitem__` returns for our generic classes.
-pub fn generic_alias(cls: &Bound<'_, PyAny>, item: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-    static GENERIC_ALIAS: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let ga = GENERIC_ALIAS.import(cls.py(), "types", "GenericAlias")?;
-    Ok(ga.call1((cls, item))?.unbind())
-}
-
-/// A one-line Python `async def` helper, compiled once into `cell` (`name` is both the
-/// function's name and, prefixed, its module's).
-pub fn python_helper<'a>(
-    py: Python<'_>,
-    cell: &'a PyOnceLock<Py<PyAny>>,
-    name: &str,
-    code: &std::ffi::CStr,
-) -> PyResult<&'a Py<PyAny>> {
-    cell.get_or_try_init(py, || {
-        let module = std::ffi::CString::new(format!("sessionlock._{name}"))?;
-        let m = PyModule::from_code(py, code, c"<sessionlock>", &module)?;
-        Ok(m.getattr(name)?.unbind())
-    })
 }

@@ -39,7 +39,7 @@ use hashbrown::hash_table::Entry as Slot;
 use hashbrown::HashTable;
 use parking_lot::Mutex;
 
-use crate::key::{Key, Loc};
+use crate::local::key::{Key, Loc};
 
 const SHARDS: usize = 16;
 

@@ -25,13 +25,13 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyTuple, PyType};
 
-use crate::config;
-use crate::counters::C;
 use crate::errors::{Error, Result};
-use crate::key::{Loc, OwnedLoc};
-use crate::keylock::{Outcome, Owner};
-use crate::manager::{Inner, PyManager, Wake};
-use crate::pyglue::current_owner;
+use crate::local::manager::{Inner, PyManager, Wake};
+use crate::owner::current_owner;
+use sessionlock_core::counters::C;
+use sessionlock_core::limits;
+use sessionlock_core::local::key::{Loc, OwnedLoc};
+use sessionlock_core::local::keylock::{Outcome, Owner};
 
 /// Resolves a waiter's future with `True` unless it is already done (cancelled). One call,
 /// not `done()` then `set_result()`: without a GIL a cancellation from another thread could
@@ -75,8 +75,10 @@ fn no_running_loop() -> PyErr {
 /// uncontended acquire; a finished coroutine returns through the interpreter's fast path.)
 pub fn ready(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
     static READY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-    let code = c"async def ready(value):\n    return value\n";
-    crate::pyglue::python_helper(py, &READY, "ready", code)?.call1(py, (value,))
+    READY
+        .import(py, "sessionlock._session_lock", "ready")?
+        .call1((value,))
+        .map(Bound::unbind)
 }
 
 /// What `acquire_async()` / `__aenter__` captured at call time, for the first step of their
@@ -181,7 +183,7 @@ impl PySessionLock {
 impl PySessionLock {
     #[classmethod]
     fn __class_getitem__(cls: &Bound<'_, PyType>, item: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        crate::pyglue::generic_alias(cls.as_any(), item)
+        crate::generic::generic_alias(cls.as_any(), item)
     }
 
     #[getter]
@@ -204,7 +206,7 @@ impl PySessionLock {
             None => true,
             Some(b) => b.is_truthy()?,
         };
-        let timeout = config::rlock_timeout(blocking, timeout)?;
+        let timeout = limits::rlock_timeout(blocking, timeout)?;
         let (owner, _) = current_owner(py)?;
         self.inner.acquire_sync(py, &self.key.loc(), owner, timeout)
     }
@@ -226,7 +228,7 @@ impl PySessionLock {
 
     #[pyo3(signature = (timeout=None))]
     fn acquire_async(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
-        let timeout = config::optional_timeout("timeout", timeout).map_err(Error::from)?;
+        let timeout = limits::optional_timeout("timeout", timeout).map_err(Error::from)?;
         PyAcquire::start(py, &self.inner, &self.key.loc(), timeout, false)
     }
 
@@ -333,8 +335,9 @@ impl PyAcquire {
             timeout,
             want_context,
         };
-        let code = c"async def lazy(starter):\n    settled, value = starter.start()\n    return value if settled else await value\n";
-        crate::pyglue::python_helper(py, &LAZY, "lazy", code)?.call1(py, (starter,))
+        LAZY.import(py, "sessionlock._session_lock", "lazy")?
+            .call1((starter,))
+            .map(Bound::unbind)
     }
 
     /// Takes the lock for `owner` at once if free or re-entered (a settled awaitable), else
@@ -595,7 +598,7 @@ impl WaiterTimeout {
             .locks
             .cancel(&self.key.loc(), self.id, self.owner);
         self.inner.tell(py, &self.key.loc(), next);
-        if let crate::keylock::Cancel::Removed(waiter) = cancel {
+        if let sessionlock_core::local::keylock::Cancel::Removed(waiter) = cancel {
             drop(waiter);
             self.verdict.store(TIMED_OUT, Ordering::Release);
             let fut = self.fut.bind(py);
