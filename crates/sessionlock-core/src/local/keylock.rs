@@ -165,7 +165,23 @@ struct Entry<W> {
     state: State<W>,
 }
 
-type Shard<W> = Mutex<HashTable<Entry<W>>>;
+/// One shard: its entries, and how many holds began in it. `holds` is the hold histogram's
+/// sampling clock (see `crate::metrics::hold_stamp`); it is read and written only while the
+/// shard's mutex is held, so plain relaxed loads and stores suffice and it shares the
+/// mutex's cache line (no extra line per operation).
+struct Shard<W> {
+    table: Mutex<HashTable<Entry<W>>>,
+    holds: AtomicU64,
+}
+
+impl<W> Shard<W> {
+    /// The stamp of the hold `owner` begins now (call with the shard's mutex held).
+    fn hold_stamp(&self, owner: Owner) -> u64 {
+        let n = self.holds.load(Ordering::Relaxed);
+        self.holds.store(n.wrapping_add(1), Ordering::Relaxed);
+        crate::metrics::hold_stamp(owner.id, n)
+    }
+}
 
 pub struct KeyLocks<W> {
     shards: Box<[Shard<W>]>,
@@ -185,16 +201,16 @@ impl<W: Payload> Default for KeyLocks<W> {
 }
 
 impl<W: Payload> State<W> {
-    /// `owner` takes the free lock: a new hold begins.
-    fn take(&mut self, owner: Owner) {
+    /// `owner` takes the free lock: a new hold begins (`shard` is this state's, locked).
+    fn take(&mut self, owner: Owner, shard: &Shard<W>) {
         self.owner = owner;
         self.count = 1;
-        self.since = crate::metrics::stamp_for(owner.id);
+        self.since = shard.hold_stamp(owner);
     }
 
     /// Serves the front waiter of a lock that has just become free (`count == 0`): a hand-off
     /// if it cannot barge or has waited long enough, else a nudge (once).
-    fn serve_front(&mut self, fair_after: Duration) -> Next<W> {
+    fn serve_front(&mut self, fair_after: Duration, shard: &Shard<W>) -> Next<W> {
         debug_assert_eq!(self.count, 0);
         let Some(front) = self.queue.front_mut() else {
             return Next::Nobody;
@@ -209,7 +225,7 @@ impl<W: Payload> State<W> {
             }
             _ => {
                 let next = self.queue.pop_front().expect("front exists");
-                self.take(next.owner);
+                self.take(next.owner, shard);
                 Next::Granted(next)
             }
         }
@@ -227,7 +243,12 @@ impl<W: Payload> KeyLocks<W> {
     #[must_use]
     pub fn with_fairness(fair_after: Duration) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashTable::new())).collect(),
+            shards: (0..SHARDS)
+                .map(|_| Shard {
+                    table: Mutex::new(HashTable::new()),
+                    holds: AtomicU64::new(0),
+                })
+                .collect(),
             len: AtomicUsize::new(0),
             next_waiter: AtomicU64::new(1),
             fair_after_ns: AtomicU64::new(u64::try_from(fair_after.as_nanos()).unwrap_or(u64::MAX)),
@@ -254,13 +275,18 @@ impl<W: Payload> KeyLocks<W> {
 
     /// Runs `f` on the state of `k` if it has any, removing the entry when `f` leaves it
     /// idle (free, nobody queued).
-    fn with_state<R>(&self, k: &Loc<'_>, f: impl FnOnce(&mut State<W>) -> R) -> Option<R> {
-        let mut table = self.shard(k).lock();
+    fn with_state<R>(
+        &self,
+        k: &Loc<'_>,
+        f: impl FnOnce(&mut State<W>, &Shard<W>) -> R,
+    ) -> Option<R> {
+        let shard = self.shard(k);
+        let mut table = shard.table.lock();
         let Ok(mut slot) = table.find_entry(k.hash, |e| e.key.matches(k.key)) else {
             return None;
         };
         let state = &mut slot.get_mut().state;
-        let out = f(state);
+        let out = f(state, shard);
         if state.count == 0 && state.queue.is_empty() {
             slot.remove();
             self.len.fetch_sub(1, Ordering::Relaxed);
@@ -281,13 +307,13 @@ impl<W: Payload> KeyLocks<W> {
 
     #[must_use]
     pub fn is_held(&self, k: &Loc<'_>) -> bool {
-        self.with_state(k, |s| s.count > 0).unwrap_or(false)
+        self.with_state(k, |s, _| s.count > 0).unwrap_or(false)
     }
 
     /// Re-entrancy depth of `owner` on `k` (0 if it does not hold it).
     #[must_use]
     pub fn depth(&self, k: &Loc<'_>, owner: Owner) -> u32 {
-        self.with_state(k, |s| {
+        self.with_state(k, |s, _| {
             if s.count > 0 && s.owner == owner {
                 s.count
             } else {
@@ -308,12 +334,18 @@ impl<W: Payload> KeyLocks<W> {
         sync_on_loop: Option<u64>,
         payload: impl FnOnce() -> W,
     ) -> Outcome {
-        let mut table = self.shard(k).lock();
+        let shard = self.shard(k);
+        let mut table = shard.table.lock();
         let hasher = |e: &Entry<W>| e.key.as_ref().hash();
         match table.entry(k.hash, |e| e.key.matches(k.key), hasher) {
-            Slot::Occupied(mut o) => {
-                self.contend(&mut o.get_mut().state, owner, wait, sync_on_loop, payload)
-            }
+            Slot::Occupied(mut o) => self.contend(
+                &mut o.get_mut().state,
+                shard,
+                owner,
+                wait,
+                sync_on_loop,
+                payload,
+            ),
             Slot::Vacant(v) => {
                 v.insert(Entry {
                     key: Key::from_ref(k.key),
@@ -322,7 +354,7 @@ impl<W: Payload> KeyLocks<W> {
                         count: 1,
                         computing: false,
                         queue: VecDeque::new(),
-                        since: crate::metrics::stamp_for(owner.id),
+                        since: shard.hold_stamp(owner),
                     },
                 });
                 self.len.fetch_add(1, Ordering::Relaxed);
@@ -334,6 +366,7 @@ impl<W: Payload> KeyLocks<W> {
     fn contend(
         &self,
         state: &mut State<W>,
+        shard: &Shard<W>,
         owner: Owner,
         wait: bool,
         sync_on_loop: Option<u64>,
@@ -345,13 +378,13 @@ impl<W: Payload> KeyLocks<W> {
                 Some(front) if front.since.elapsed() >= self.fair_after() => {
                     // It has been overtaken long enough: it gets the lock, we contend.
                     let front = state.queue.pop_front().expect("front exists");
-                    state.take(front.owner);
+                    state.take(front.owner, shard);
                     // Nudged, so it is awake and will find that it owns the lock; its
                     // payload is nudgeable and holds no Python object (dropped here).
                     drop(front);
                 }
                 _ => {
-                    state.take(owner);
+                    state.take(owner, shard);
                     return Outcome::Acquired { reentered: false };
                 }
             }
@@ -385,7 +418,7 @@ impl<W: Payload> KeyLocks<W> {
     /// the lock or nudged (see the module doc); the caller tells it, outside any lock.
     pub fn release(&self, k: &Loc<'_>, owner: Owner) -> Result<Next<W>, NotOwned> {
         let fair_after = self.fair_after();
-        self.with_state(k, |state| {
+        self.with_state(k, |state, shard| {
             if state.count == 0 || state.owner != owner {
                 return Err(NotOwned);
             }
@@ -395,7 +428,7 @@ impl<W: Payload> KeyLocks<W> {
             }
             self.hold.record_since_serialized(state.since);
             state.computing = false;
-            Ok(state.serve_front(fair_after))
+            Ok(state.serve_front(fair_after, shard))
         })
         .unwrap_or(Err(NotOwned))
     }
@@ -403,12 +436,12 @@ impl<W: Payload> KeyLocks<W> {
     /// A nudged waiter comes to take the lock: it gets it if it is free (or was handed to it
     /// meanwhile); otherwise it keeps its place and waits for the next nudge or hand-off.
     pub fn retry(&self, k: &Loc<'_>, id: u64, owner: Owner) -> Retry {
-        self.with_state(k, |state| {
+        self.with_state(k, |state, shard| {
             let front = state.queue.front().map(|w| w.id);
             if front == Some(id) {
                 if state.count == 0 {
                     let me = state.queue.pop_front().expect("front exists");
-                    state.take(me.owner);
+                    state.take(me.owner, shard);
                     return Retry::Acquired;
                 }
                 // Someone barged in: the release that ends their hold serves us again.
@@ -430,11 +463,11 @@ impl<W: Payload> KeyLocks<W> {
     /// waiter of a free lock, the next one is served in its place (returned in `Next`).
     pub fn cancel(&self, k: &Loc<'_>, id: u64, owner: Owner) -> (Cancel<W>, Next<W>) {
         let fair_after = self.fair_after();
-        self.with_state(k, |state| {
+        self.with_state(k, |state, shard| {
             if let Some(pos) = state.queue.iter().position(|w| w.id == id) {
                 let waiter = state.queue.remove(pos).expect("position is in range");
                 let next = if state.count == 0 {
-                    state.serve_front(fair_after)
+                    state.serve_front(fair_after, shard)
                 } else {
                     Next::Nobody
                 };
@@ -450,7 +483,7 @@ impl<W: Payload> KeyLocks<W> {
 
     /// Marks (or clears) that `owner` runs a factory under `k`; returns the previous flag.
     pub fn set_computing(&self, k: &Loc<'_>, owner: Owner, flag: bool) -> bool {
-        self.with_state(k, |s| {
+        self.with_state(k, |s, _| {
             if s.owner == owner && s.count > 0 {
                 std::mem::replace(&mut s.computing, flag)
             } else {
@@ -462,7 +495,7 @@ impl<W: Payload> KeyLocks<W> {
 
     #[must_use]
     pub fn is_computing(&self, k: &Loc<'_>) -> bool {
-        self.with_state(k, |s| s.computing).unwrap_or(false)
+        self.with_state(k, |s, _| s.computing).unwrap_or(false)
     }
 }
 

@@ -78,11 +78,17 @@ impl Histogram {
     pub fn record_since_serialized(&self, since: u64) {
         if since != 0 {
             let ns = ticks_to_ns(raw_ticks().saturating_sub(since));
+            // a sampled hold stands for HOLD_SAMPLE holds (see `hold_stamp`)
+            let weight = if since & super::clock::SAMPLED != 0 {
+                super::clock::HOLD_SAMPLE
+            } else {
+                1
+            };
             let add = |a: &AtomicU64, v: u64| {
                 a.store(a.load(Ordering::Relaxed).wrapping_add(v), Ordering::Relaxed);
             };
-            add(&self.counts[bucket(ns)], 1);
-            add(&self.sum_ns, ns);
+            add(&self.counts[bucket(ns)], weight);
+            add(&self.sum_ns, ns.saturating_mul(weight));
         }
     }
 

@@ -16,6 +16,9 @@ pub mod clock;
 pub mod counters;
 pub mod histogram;
 
-pub use clock::{enable, enabled, stamp, stamp_for, start_clock, untimed, Untimed};
+pub use clock::{
+    enable, enabled, hold_stamp, stamp, stamp_for, start_clock, untimed, Untimed, EXACT_HOLDS,
+    HOLD_SAMPLE,
+};
 pub use counters::{Metrics, Snapshot};
 pub use histogram::{wait_with_uncontended, HistSnap, Histogram, BOUNDS_NS, BUCKETS};
