@@ -1,13 +1,21 @@
-//! sessionlock's native core. This file only wires the module; each concept lives in its
-//! own file: `store` (session map), `keylock` (per-key FIFO locks), `manager`
-//! (BaseSessionManager), `session_lock` (SessionLock and its awaitable), `errors`,
-//! `config` (argument rules), `metrics` (histograms and the registry a scrape reads),
-//! `pyglue` (asking Python who runs), `random` (fork-safe ids and tokens), and the distributed lock:
-//! `redis_lock` (RedisLock and its handles), `redis_scripts` (the Lua protocol),
-//! `redis_conn` (connections, runtime, pub/sub, fork) and `held_keys` (the in-process table
-//! of held keys, also the fallback); and
-//! the Redis-backed sessions: `redis_session` (RedisSessionManager and its lock),
-//! `session_scripts` (their Lua) and `session_value` (stored format and signature).
+//! sessionlock's Python binding: the `_sessionlock` extension module. Pure logic (rules,
+//! formats, Lua scripts, the held-keys table, metrics histograms) lives in the core crate,
+//! `sessionlock-core`; this crate converts arguments, finds owners, releases the GIL and maps
+//! errors. This file only wires the module. Where each concept lives:
+//!
+//! - in-process sessions: `store` (session map), `keylock` (per-key FIFO locks), `manager`
+//!   (BaseSessionManager), `session_lock` (SessionLock and its awaitable), `pyglue` (asking
+//!   Python who runs);
+//! - `redis/`: talking to Redis: `runtime` (per-process state, tokio runtime, fork),
+//!   `source` (single, Cluster, Sentinel), `conn` (pool, multiplexed connection, SCAN),
+//!   `pubsub` (hand-off notices);
+//! - `lock/`: the distributed lock: `redis_lock` (RedisLock, RecommendationLock, LockInfo),
+//!   `handle` (LockHandle), `engine` (acquisition loops), `lease` (renewal, release),
+//!   `config` (what a lock and its handles share), `protocol` (scripts, timing);
+//! - `session/`: sessions in Redis: `manager` (RedisSessionManager), `lock`
+//!   (RedisSessionLock), `store` (shared state, every read and write), `codec` (JSON/pickle);
+//! - `errors` (the error enum and the Python exceptions), `metrics` (the registry a scrape
+//!   reads and the conversion to Python).
 
 pub mod errors;
 pub mod keylock;

@@ -58,7 +58,7 @@ pub(super) const LEASE_RAN_OUT: &str =
     "its lease deadline passed before a renewal was confirmed (Redis unreachable, too slow, or the renewal stopped)";
 
 pub(crate) struct HandleInner {
-    pub(super) core: Arc<LockConfig>,
+    pub(super) config: Arc<LockConfig>,
     pub(crate) names: Names,
     /// This handle's key in the in-process table (`held_keys.rs`): target and full key.
     pub(super) held_key: String,
@@ -244,7 +244,7 @@ impl HandleInner {
     ) -> redis::RedisResult<Attempt> {
         let a = self.acquire_args(queue);
         let inv = invoke4(&ACQUIRE, &self.names, &[&a[0], &a[1], &a[2]]);
-        let Some(rep) = self.core.replication else {
+        let Some(rep) = self.config.replication else {
             return conn
                 .sync(|c| inv.invoke::<(i64, i64, String, i64)>(c))
                 .map(parse_attempt);
@@ -275,7 +275,7 @@ impl HandleInner {
     ) -> redis::RedisResult<Attempt> {
         let a = self.acquire_args(queue);
         let inv = invoke4(&ACQUIRE, &self.names, &[&a[0], &a[1], &a[2]]);
-        let Some(rep) = self.core.replication else {
+        let Some(rep) = self.config.replication else {
             return conn
                 .run_async::<(i64, i64, String, i64)>(&inv)
                 .await
@@ -307,7 +307,7 @@ impl HandleInner {
         ttl: Duration,
     ) -> redis::RedisResult<bool> {
         let inv = self.extend_inv(ttl);
-        let Some(rep) = self.core.replication else {
+        let Some(rep) = self.config.replication else {
             return conn.run_async::<i64>(&inv).await.map(|v| v == 1);
         };
         let (v, acked) = conn
@@ -338,7 +338,7 @@ impl HandleInner {
     fn provisional(&self, taken: Option<(Instant, i64)>, fence: i64) -> Option<Instant> {
         let (sent, seen) = taken?;
         // with min_replicas a hand-off counts only once claimed (a replicated write)
-        if !self.core.auto_renew || self.core.replication.is_some() || fence <= seen {
+        if !self.config.auto_renew || self.config.replication.is_some() || fence <= seen {
             return None;
         }
         let window = CLAIM.min(self.ttl);
@@ -360,7 +360,7 @@ impl HandleInner {
     fn enter_table(&self) -> Entry {
         let (entry, holder) = Entry::enter(process().held.clone(), &self.held_key, &self.token);
         if let Some(h) = holder {
-            self.core.stats.contended.fetch_add(1, Ordering::Relaxed);
+            self.config.stats.contended.fetch_add(1, Ordering::Relaxed);
             self.log_waiting(&h, -1);
         }
         entry
@@ -391,10 +391,10 @@ impl HandleInner {
         if acq.waiting.is_some() {
             return self.wait_step_sync(deadline, acq);
         }
-        let core = &self.core;
+        let config = &self.config;
         let now = Instant::now();
         // first attempt
-        let conn = match core.route()? {
+        let conn = match config.route()? {
             Route::Redis(c) => c,
             Route::Local => {
                 acq.local = true;
@@ -404,7 +404,7 @@ impl HandleInner {
         let sent = Instant::now();
         match self.run_acquire_sync(&conn, None) {
             Ok(Attempt::Got(f)) => {
-                core.redis_ok(&conn);
+                config.redis_ok(&conn);
                 let entry = acq.entry.take().expect("taken above");
                 Ok(Some(held_outcome(
                     Backend::Redis,
@@ -414,8 +414,8 @@ impl HandleInner {
                 )))
             }
             Ok(Attempt::Taken { pttl, holder, .. }) => {
-                core.redis_ok(&conn);
-                core.stats.contended.fetch_add(1, Ordering::Relaxed);
+                config.redis_ok(&conn);
+                config.stats.contended.fetch_add(1, Ordering::Relaxed);
                 self.log_waiting(&holder, pttl);
                 if now >= deadline {
                     return Ok(Some(Outcome::NotAcquired(Backend::Redis)));
@@ -423,7 +423,7 @@ impl HandleInner {
                 // listen before queueing, so the hand-off notice cannot be missed
                 let guard = conn.register(&self.names.channel, &self.token);
                 let rt = process();
-                if let Err(e) = rt.handle.block_on(conn.listen(&core.prefix)) {
+                if let Err(e) = rt.handle.block_on(conn.listen(&config.prefix)) {
                     return self.fall_back(&conn, &e, &mut acq.local).map(|()| None);
                 }
                 acq.waiting = Some(Waiting {
@@ -440,14 +440,14 @@ impl HandleInner {
 
     /// A step of a sync acquisition queued on Redis: wait for a notice, re-check, give up.
     fn wait_step_sync(&self, deadline: Instant, acq: &mut Acquiring) -> Result<Option<Outcome>> {
-        let core = &self.core;
+        let config = &self.config;
         let now = Instant::now();
         let w = acq.waiting.as_mut().expect("called while waiting");
         if now < w.recheck_at && now < deadline {
             let until = w.recheck_at.min(deadline).min(now + STEP);
             match w.conn.wait_sync(&w.guard.slot, until - now) {
                 Some(Notice::Granted(f)) => {
-                    core.redis_ok(&w.conn);
+                    config.redis_ok(&w.conn);
                     return Ok(self.granted_sync(acq, f));
                 }
                 Some(Notice::Recheck) => w.recheck_at = Instant::now(),
@@ -520,8 +520,8 @@ impl HandleInner {
             // Redis answered: not an outage, and no local lock stands in for replication
             return Err(Error::Unavailable(conn.target.describe(e)));
         }
-        let err = self.core.redis_failed(conn, e);
-        if self.core.raise {
+        let err = self.config.redis_failed(conn, e);
+        if self.config.raise {
             return Err(err);
         }
         *local = true;
@@ -542,16 +542,16 @@ impl HandleInner {
     /// leaves the queue (or is given back) and the `Cancel` guard withdraws the Redis
     /// queue entry and passes on a lock that was handed over meanwhile.
     pub(super) async fn acquire_async(self: &Arc<Self>) -> Result<Outcome> {
-        let core = &self.core;
+        let config = &self.config;
         let deadline = Instant::now() + self.wait;
         let mut entry = self.enter_table();
         if !entry.wait_async(deadline).await {
             return Ok(Outcome::NotAcquired(Backend::Redis));
         }
-        if let Route::Redis(conn) = core.route()? {
+        if let Route::Redis(conn) = config.route()? {
             match self.acquire_redis_async(&conn, deadline).await {
                 Ok(Some((fence, until, claimed))) => {
-                    core.redis_ok(&conn);
+                    config.redis_ok(&conn);
                     return Ok(Outcome::Held {
                         backend: Backend::Redis,
                         fence: Some(fence),
@@ -561,15 +561,15 @@ impl HandleInner {
                     });
                 }
                 Ok(None) => {
-                    core.redis_ok(&conn);
+                    config.redis_ok(&conn);
                     return Ok(Outcome::NotAcquired(Backend::Redis));
                 }
                 Err(e) if is_unreplicated(&e) => {
                     return Err(Error::Unavailable(conn.target.describe(&e)));
                 }
                 Err(e) => {
-                    let err = core.redis_failed(&conn, &e);
-                    if core.raise {
+                    let err = config.redis_failed(&conn, &e);
+                    if config.raise {
                         return Err(err);
                     }
                 }
@@ -589,7 +589,7 @@ impl HandleInner {
         match self.run_acquire_async(conn, None).await? {
             Attempt::Got(f) => return Ok(Some((f, lease_end(sent, self.ttl), true))),
             Attempt::Taken { pttl, holder, .. } => {
-                self.core.stats.contended.fetch_add(1, Ordering::Relaxed);
+                self.config.stats.contended.fetch_add(1, Ordering::Relaxed);
                 self.log_waiting(&holder, pttl);
                 if Instant::now() >= deadline {
                     return Ok(None);
@@ -597,7 +597,7 @@ impl HandleInner {
             }
         }
         let guard = conn.register(&self.names.channel, &self.token);
-        conn.listen(&self.core.prefix).await?;
+        conn.listen(&self.config.prefix).await?;
         let mut cancel = CancelOnDrop {
             inner: Some(self.clone()),
         };
@@ -635,11 +635,11 @@ impl HandleInner {
             waited.as_nanos().try_into().unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-        let stats = &self.core.stats;
+        let stats = &self.config.stats;
         let waited_ns = waited.as_nanos().try_into().unwrap_or(u64::MAX);
         stats.wait_ns.fetch_add(waited_ns, Ordering::Relaxed);
         let held = matches!(outcome, Outcome::Held { .. });
-        self.core.metrics.waited(waited_ns, held);
+        self.config.metrics.waited(waited_ns, held);
         match outcome {
             Outcome::Held {
                 backend,
@@ -723,7 +723,7 @@ impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
             process().handle.spawn(async move {
-                if let Ok(conn) = inner.core.conn() {
+                if let Ok(conn) = inner.config.conn() {
                     let _ = inner.cancel_async(&conn).await;
                 }
             });

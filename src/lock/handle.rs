@@ -101,7 +101,7 @@ impl PyLockHandle {
         if pyglue::running_loop(py)?.is_some()
             && !self
                 .inner
-                .core
+                .config
                 .warned_sync_in_loop
                 .swap(true, Ordering::AcqRel)
         {

@@ -28,11 +28,14 @@ use sessionlock_core::lock::scripts::Names;
     name = "RedisLock"
 )]
 pub struct PyRedisLock {
-    core: Arc<LockConfig>,
+    config: Arc<LockConfig>,
 }
 
-#[allow(clippy::too_many_arguments)] // reason: mirrors the documented keyword-only signature
-fn build_core(
+#[expect(
+    clippy::too_many_arguments,
+    reason = "mirrors the documented keyword-only signature"
+)]
+fn build_config(
     url: Option<&str>,
     prefix: String,
     ttl: f64,
@@ -89,12 +92,12 @@ fn build_core(
 impl PyRedisLock {
     /// A RedisSessionManager's own lock: reported as part of the manager, never alone.
     pub(crate) fn hide_from_metrics(&self) {
-        self.core.metrics.hide();
+        self.config.metrics.hide();
     }
 
     pub(crate) fn metrics_part(&self, py: Python<'_>) -> sessionlock_core::metrics::Snapshot {
         use crate::metrics::Source;
-        self.core.snapshot(py)
+        self.config.snapshot(py)
     }
 
     pub(crate) fn new_handle(
@@ -103,21 +106,21 @@ impl PyRedisLock {
         ttl: Option<f64>,
         wait: Duration,
     ) -> Result<PyLockHandle> {
-        if self.core.closed.load(Ordering::Acquire) {
+        if self.config.closed.load(Ordering::Acquire) {
             return Err(Error::Py(PyRuntimeError::new_err(
                 "this RedisLock is closed",
             )));
         }
         let key = key_text(key)?;
-        let ttl = self.core.ttl_for(ttl)?;
-        let full = sessionlock_core::lock::scripts::tagged(&self.core.prefix, &key);
+        let ttl = self.config.ttl_for(ttl)?;
+        let full = sessionlock_core::lock::scripts::tagged(&self.config.prefix, &key);
         Ok(PyLockHandle {
             inner: Arc::new(HandleInner {
-                core: self.core.clone(),
+                config: self.config.clone(),
                 names: Names::new(&full),
                 // one entry per Redis target and full key: shared by every RedisLock
                 // (and session manager) of this process that can contend for it
-                held_key: format!("{}\0{}", self.core.target.id(), full),
+                held_key: format!("{}\0{}", self.config.target.id(), full),
                 token: sessionlock_core::random::uuid_v4().simple().to_string(),
                 pid: crate::redis::pid(),
                 ttl,
@@ -144,7 +147,7 @@ impl PyRedisLock {
         wait: Option<f64>,
         allow_pending: bool,
     ) -> Result<PyLockHandle> {
-        let wait = self.core.wait_for(wait)?;
+        let wait = self.config.wait_for(wait)?;
         let h = self.new_handle(key, ttl, wait)?;
         if allow_pending && pyglue::running_loop(py)?.is_some() {
             return Ok(h);
@@ -156,26 +159,26 @@ impl PyRedisLock {
     fn names_for(&self, key: &Bound<'_, PyAny>) -> Result<Names> {
         let key = key_text(key)?;
         Ok(Names::new(&sessionlock_core::lock::scripts::tagged(
-            &self.core.prefix,
+            &self.config.prefix,
             &key,
         )))
     }
 
     /// (token, pttl ms) of the holder, from Redis or, in an outage, the local table.
     fn holder_of(&self, py: Python<'_>, names: &Names) -> Result<Option<(String, i64)>> {
-        let core = self.core.clone();
-        py.detach(|| match core.route()? {
+        let config = self.config.clone();
+        py.detach(|| match config.route()? {
             Route::Redis(conn) => {
                 let mut inv = HOLDER.prepare_invoke();
                 inv.key(&names.lock);
                 match conn.sync(|c| inv.invoke::<(String, i64)>(c)) {
                     Ok((t, p)) => {
-                        core.redis_ok(&conn);
+                        config.redis_ok(&conn);
                         Ok((!t.is_empty()).then_some((t, p)))
                     }
                     Err(e) => {
-                        let err = core.redis_failed(&conn, &e);
-                        if core.raise {
+                        let err = config.redis_failed(&conn, &e);
+                        if config.raise {
                             return Err(err);
                         }
                         Ok(self.local_holder(names))
@@ -187,7 +190,7 @@ impl PyRedisLock {
     }
 
     fn held_key(&self, names: &Names) -> String {
-        format!("{}\0{}", self.core.target.id(), names.lock)
+        format!("{}\0{}", self.config.target.id(), names.lock)
     }
 
     /// The holder in this process's table (the lock itself during an outage).
@@ -205,7 +208,10 @@ impl PyRedisLock {
     #[pyo3(signature = (url=None, *, prefix="sessionlock:", ttl=30.0, wait=10.0,
         auto_renew=true, max_hold=None, fallback="local", connect_timeout=1.0,
         min_replicas=0, replica_timeout=0.5, name=None))]
-    #[allow(clippy::too_many_arguments)] // reason: the documented keyword-only signature
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the documented keyword-only signature"
+    )]
     fn new(
         url: Option<&str>,
         prefix: &str,
@@ -219,7 +225,7 @@ impl PyRedisLock {
         replica_timeout: f64,
         name: Option<&str>,
     ) -> Result<Self> {
-        let core = Arc::new(build_core(
+        let config = Arc::new(build_config(
             url,
             prefix.to_owned(),
             ttl,
@@ -231,10 +237,10 @@ impl PyRedisLock {
             min_replicas,
             replica_timeout,
         )?);
-        core.metrics.set_name(name);
-        let weak = Arc::downgrade(&core);
+        config.metrics.set_name(name);
+        let weak = Arc::downgrade(&config);
         crate::metrics::track(weak, prefix);
-        Ok(Self { core })
+        Ok(Self { config })
     }
 
     /// Takes the lock (see the stub for the sync/async rules).
@@ -278,18 +284,18 @@ impl PyRedisLock {
 
     fn force_release(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> Result<bool> {
         let names = self.names_for(key)?;
-        let core = self.core.clone();
-        py.detach(|| match core.route()? {
+        let config = self.config.clone();
+        py.detach(|| match config.route()? {
             Route::Redis(conn) => {
                 let inv = invoke4(&FORCE, &names, &[]);
                 match conn.sync(|c| inv.invoke::<i64>(c)) {
                     Ok(v) => {
-                        core.redis_ok(&conn);
+                        config.redis_ok(&conn);
                         Ok(v == 1)
                     }
                     Err(e) => {
-                        let err = core.redis_failed(&conn, &e);
-                        if core.raise {
+                        let err = config.redis_failed(&conn, &e);
+                        if config.raise {
                             return Err(err);
                         }
                         Ok(process().held.force_release(&self.held_key(&names)))
@@ -301,7 +307,7 @@ impl PyRedisLock {
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = &self.core.stats;
+        let s = &self.config.stats;
         let d = PyDict::new(py);
         for (name, v) in [
             ("acquired", &s.acquired),
@@ -320,12 +326,12 @@ impl PyRedisLock {
     /// This lock's metrics (see `_MetricsSnapshot` in the stub).
     fn _metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         use crate::metrics::Source;
-        crate::metrics::to_py(py, &self.core.snapshot(py))
+        crate::metrics::to_py(py, &self.config.snapshot(py))
     }
 
     /// Refuses new acquisitions. Held handles stay valid until released.
     fn close(&self) {
-        self.core.closed.store(true, Ordering::Release);
+        self.config.closed.store(true, Ordering::Release);
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -340,23 +346,23 @@ impl PyRedisLock {
 
     #[getter]
     fn prefix(&self) -> &str {
-        &self.core.prefix
+        &self.config.prefix
     }
 
     /// The URL with any password masked.
     #[getter(url)]
     fn shown_url(&self) -> &str {
-        &self.core.target.display
+        &self.config.target.display
     }
 
     fn __repr__(&self) -> String {
         format!(
             "RedisLock(url={:?}, prefix={:?}, ttl={}, wait={}, fallback={:?})",
-            self.core.target.display,
-            self.core.prefix,
-            self.core.ttl.as_secs_f64(),
-            self.core.wait.as_secs_f64(),
-            if self.core.raise { "raise" } else { "local" }
+            self.config.target.display,
+            self.config.prefix,
+            self.config.ttl.as_secs_f64(),
+            self.config.wait.as_secs_f64(),
+            if self.config.raise { "raise" } else { "local" }
         )
     }
 }
@@ -376,7 +382,10 @@ impl PyRecommendationLock {
     #[pyo3(signature = (url=None, *, prefix="job_recommendation_lock:user:",
         ttl=300.0, wait=10.0, auto_renew=true, max_hold=None, fallback="local",
         connect_timeout=1.0, min_replicas=0, replica_timeout=0.5, name=None))]
-    #[allow(clippy::too_many_arguments)] // reason: the documented keyword-only signature
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the documented keyword-only signature"
+    )]
     fn new(
         url: Option<&str>,
         prefix: &str,
