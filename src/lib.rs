@@ -17,11 +17,11 @@
 //! - `errors` (the error enum and the Python exceptions), `metrics` (the registry a scrape
 //!   reads and the conversion to Python).
 
-pub mod errors;
+mod errors;
 pub mod keylock;
 mod lock;
 pub mod manager;
-pub mod metrics;
+mod metrics;
 mod pyglue;
 mod redis;
 mod session;

@@ -17,10 +17,11 @@ use crate::errors::{Error, Result};
 use crate::pyglue::{self, DEBUG, WARNING};
 use crate::redis::{process, Conn, Notice};
 use sessionlock_core::lock::held_keys::Entry;
-use sessionlock_core::lock::scripts::Names;
+use sessionlock_core::lock::lease::lease_end;
+use sessionlock_core::lock::scripts::{parse_attempt, Attempt, Names};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum State {
+pub(super) enum HandleState {
     /// Created inside a running loop; nothing asked yet.
     Pending,
     /// An acquisition is running.
@@ -47,13 +48,6 @@ fn to_ns(t: Instant) -> u64 {
         .max(1)
 }
 
-/// Where a lease confirmed by a request sent at `sent` ends, as far as this host can
-/// tell: Redis started it no earlier than `sent`, so it ends no earlier than
-/// `sent + lease`; the margin covers the two clocks' drift (Redlock's 1 % + 2 ms).
-pub(super) fn lease_end(sent: Instant, lease: Duration) -> Instant {
-    sent + lease.saturating_sub(lease / 100 + Duration::from_millis(2))
-}
-
 pub(super) const LEASE_RAN_OUT: &str =
     "its lease deadline passed before a renewal was confirmed (Redis unreachable, too slow, or the renewal stopped)";
 
@@ -68,7 +62,7 @@ pub(crate) struct HandleInner {
     pub(super) pid: u32,
     pub(super) ttl: Duration,
     pub(super) wait: Duration,
-    pub(super) state: Mutex<State>,
+    pub(super) state: Mutex<HandleState>,
     /// Sticky: once set it is never cleared, so a late renewal reply cannot resurrect
     /// the handle.
     pub(crate) lost: AtomicBool,
@@ -111,29 +105,6 @@ fn held_outcome(backend: Backend, fence: Option<i64>, until: Instant, entry: Ent
         until,
         claimed: true,
         entry,
-    }
-}
-
-/// Result of a script that says "you hold it" or "held by X for N ms".
-enum Attempt {
-    Got(i64),
-    /// `fence`: the holder's fencing token (any hand-off to us comes with a larger one).
-    Taken {
-        pttl: i64,
-        holder: String,
-        fence: i64,
-    },
-}
-
-fn parse_attempt(r: (i64, i64, String, i64)) -> Attempt {
-    if r.0 == 1 {
-        Attempt::Got(r.1)
-    } else {
-        Attempt::Taken {
-            pttl: r.1,
-            holder: r.2,
-            fence: r.3,
-        }
     }
 }
 
@@ -653,7 +624,7 @@ impl HandleInner {
                 self.deadline_ns.store(to_ns(until), Ordering::Release);
                 self.held_since
                     .store(sessionlock_core::metrics::stamp(), Ordering::Relaxed);
-                *self.state.lock() = State::Held { backend, fence };
+                *self.state.lock() = HandleState::Held { backend, fence };
                 stats.acquired.fetch_add(1, Ordering::Relaxed);
                 if backend == Backend::Local {
                     stats.fallback_acquires.fetch_add(1, Ordering::Relaxed);
@@ -666,7 +637,7 @@ impl HandleInner {
                 true
             }
             Outcome::NotAcquired(backend) => {
-                *self.state.lock() = State::NotAcquired { backend };
+                *self.state.lock() = HandleState::NotAcquired { backend };
                 stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 false
             }
@@ -679,7 +650,7 @@ impl HandleInner {
             let waited = self.waited_ns.load(Ordering::Relaxed) as f64 / 1e6;
             if held {
                 let (backend, fence) = match state {
-                    State::Held { backend, fence } => (backend, fence),
+                    HandleState::Held { backend, fence } => (backend, fence),
                     _ => (Backend::Redis, None),
                 };
                 format!(
@@ -701,7 +672,7 @@ impl HandleInner {
     /// The caller's awaitable was cancelled: give back whatever this handle holds.
     pub(super) fn abandon(self: &Arc<Self>) {
         self.abandoned.store(true, Ordering::SeqCst);
-        if matches!(*self.state.lock(), State::Held { .. }) {
+        if matches!(*self.state.lock(), HandleState::Held { .. }) {
             self.release_in_background();
         }
     }

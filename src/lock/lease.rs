@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 
 use super::config::{unreplicated, Backend};
-use super::engine::{lease_end, HandleInner, State, LEASE_RAN_OUT};
+use super::engine::{HandleInner, HandleState, LEASE_RAN_OUT};
 use super::protocol::{invoke4, HOLDER, RELEASE};
 use crate::errors::{Error, Result};
 use crate::pyglue::{self, DEBUG, INFO, WARNING};
 use crate::redis::{process, Conn, SyncConn};
+use sessionlock_core::lock::lease::lease_end;
 
 impl HandleInner {
     pub(super) fn start_lease_task(self: &Arc<Self>, backend: Backend, claimed: bool) {
@@ -144,16 +145,16 @@ impl HandleInner {
     /// `None` for a forked child's copy (inert: it warns and touches nothing).
     fn begin_release(&self) -> Option<(Backend, Option<i64>)> {
         if self.inherited() {
-            if matches!(*self.state.lock(), State::Held { .. }) {
+            if matches!(*self.state.lock(), HandleState::Held { .. }) {
                 self.warn_inherited("release");
             }
             return None;
         }
         let mut st = self.state.lock();
-        let State::Held { backend, fence } = *st else {
+        let HandleState::Held { backend, fence } = *st else {
             return None;
         };
-        *st = State::Released { backend, fence };
+        *st = HandleState::Released { backend, fence };
         drop(st);
         // lost is decided before `done` is set: after that nothing checks the deadline
         self.check_deadline();
@@ -249,7 +250,7 @@ impl HandleInner {
     /// waits at most until the local lease deadline: past it the answer is "no".
     /// `Err` only when Redis could not be asked before the deadline.
     pub(super) fn is_held_sync(&self) -> Result<bool> {
-        let State::Held { backend, .. } = *self.state.lock() else {
+        let HandleState::Held { backend, .. } = *self.state.lock() else {
             return Ok(false);
         };
         if self.inherited() || self.is_lost() {
@@ -284,7 +285,7 @@ impl HandleInner {
             self.warn_inherited("extend");
             return Ok(false);
         }
-        let State::Held { backend, .. } = *self.state.lock() else {
+        let HandleState::Held { backend, .. } = *self.state.lock() else {
             return Ok(false);
         };
         if self.is_lost() {

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use super::config::{check_prefix, key_text, LockConfig, Replication, Route, Stats};
-use super::engine::{HandleInner, State};
+use super::engine::{HandleInner, HandleState};
 use super::handle::PyLockHandle;
 use super::protocol::{invoke4, FORCE, HOLDER};
 use crate::errors::{Error, Result};
@@ -125,7 +125,7 @@ impl PyRedisLock {
                 pid: crate::redis::pid(),
                 ttl,
                 wait,
-                state: Mutex::new(State::Pending),
+                state: Mutex::new(HandleState::Pending),
                 lost: AtomicBool::new(false),
                 deadline_ns: AtomicU64::new(0),
                 deadline_moved: tokio::sync::Notify::new(),
