@@ -54,7 +54,7 @@ pub(super) const LEASE_RAN_OUT: &str =
 pub(crate) struct HandleInner {
     pub(super) config: Arc<LockConfig>,
     pub(crate) names: Names,
-    /// This handle's key in the in-process table (`held_keys.rs`): target and full key.
+    /// This handle's key in the in-process table (the core's `lock::held_keys`): target and full key.
     pub(super) held_key: String,
     pub(crate) token: String,
     /// The process that made the handle. In a forked child the handle is inert: it
