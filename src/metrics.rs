@@ -13,11 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 use sessionlock_core::metrics::{self, HistSnap, BOUNDS_NS};
 
-// The core's names under this module's old paths, for `keylock.rs` and `manager.rs` only
-// (being rewritten elsewhere); new code names `sessionlock_core::metrics` directly.
-pub use sessionlock_core::metrics::{
-    stamp_for, untimed, wait_with_uncontended, Histogram, Metrics, Snapshot,
-};
+use sessionlock_core::metrics::{Metrics, Snapshot};
 
 /// A manager or lock the registry can read. `snapshot` runs under the GIL (the token says
 /// so) and calls no Python code.

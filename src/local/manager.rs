@@ -125,7 +125,7 @@ pub struct Inner {
     max_sessions: AtomicUsize,
     on_evict: Mutex<Option<Py<PyAny>>>,
     pub stats: Stats,
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: sessionlock_core::metrics::Metrics,
     next_sweep: AtomicU64,
     sweep_cursor: AtomicUsize,
 }
@@ -142,7 +142,7 @@ impl Inner {
             max_sessions: AtomicUsize::new(0),
             on_evict: Mutex::new(None),
             stats: Stats::default(),
-            metrics: crate::metrics::Metrics::default(),
+            metrics: sessionlock_core::metrics::Metrics::default(),
             next_sweep: AtomicU64::new(0),
             sweep_cursor: AtomicUsize::new(0),
         }
@@ -429,7 +429,7 @@ impl Inner {
             .saturating_duration_since(start);
         self.stats.record_wait(waited);
         if let Ok(got) = granted {
-            // next to its stats bump: see metrics.rs
+            // next to its stats bump: see sessionlock_core::metrics::histogram
             let waited_ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
             self.metrics.waited(waited_ns, got);
         }
@@ -733,7 +733,7 @@ impl PyManager {
         // GIL released) and find the value when their turn comes.
         let (owner, _) = current_owner(py)?;
         {
-            let _untimed = crate::metrics::untimed(owner.id); // see there
+            let _untimed = sessionlock_core::metrics::untimed(owner.id); // see sessionlock_core::metrics::clock
             inner.acquire_sync(py, key, owner, None)?;
         }
         if inner.locks.is_computing(key) {
@@ -785,7 +785,7 @@ impl PyManager {
         let inner = &self.inner;
         let (owner, _) = current_owner(py)?;
         {
-            let _untimed = crate::metrics::untimed(owner.id); // see there
+            let _untimed = sessionlock_core::metrics::untimed(owner.id); // see sessionlock_core::metrics::clock
             inner.acquire_sync(py, key, owner, None)?;
         }
         let result = (|| {
@@ -970,12 +970,12 @@ pub fn _set_lock_fairness(manager: &Bound<'_, PyManager>, seconds: Option<f64>) 
 }
 
 impl crate::metrics::Source for Inner {
-    fn metrics(&self) -> &crate::metrics::Metrics {
+    fn metrics(&self) -> &sessionlock_core::metrics::Metrics {
         &self.metrics
     }
 
-    fn snapshot(&self, _py: Python<'_>) -> crate::metrics::Snapshot {
-        use crate::metrics::wait_with_uncontended as untimed;
+    fn snapshot(&self, _py: Python<'_>) -> sessionlock_core::metrics::Snapshot {
+        use sessionlock_core::metrics::wait_with_uncontended as untimed;
         let sum = |c: C| self.stats.0.sum(c);
         let mut snap = self.metrics.snapshot("session");
         snap.wait_acquired = untimed(snap.wait_acquired, sum(C::LockAcquires));

@@ -516,7 +516,7 @@ impl PyAcquire {
         let stats = &self.inner.stats;
         let waited = self.start.elapsed();
         stats.record_wait(waited);
-        // next to its stats bump: see metrics.rs
+        // next to its stats bump: see sessionlock_core::metrics::histogram
         let waited_ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
         self.inner.metrics.waited(waited_ns, acquired);
         if !acquired {

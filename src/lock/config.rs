@@ -148,7 +148,6 @@ impl LockConfig {
         Error::Unavailable(format!("Redis unreachable: {desc}"))
     }
 
-    #[allow(clippy::unused_self)] // reason: kept a method so every outage transition reads `core.…`
     pub(super) fn redis_ok(&self, conn: &Conn) {
         self.metrics.fallback.store(false, Ordering::Relaxed);
         let was_down = {

@@ -17,10 +17,11 @@ use crate::errors::{Error, Result};
 use crate::log::{self, DEBUG, WARNING};
 use crate::redis::{process, Conn, Notice};
 use sessionlock_core::lock::held_keys::Entry;
-use sessionlock_core::lock::scripts::Names;
+use sessionlock_core::lock::lease::lease_end;
+use sessionlock_core::lock::scripts::{parse_attempt, Attempt, Names};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum State {
+pub(super) enum HandleState {
     /// Created inside a running loop; nothing asked yet.
     Pending,
     /// An acquisition is running.
@@ -47,20 +48,13 @@ fn to_ns(t: Instant) -> u64 {
         .max(1)
 }
 
-/// Where a lease confirmed by a request sent at `sent` ends, as far as this host can
-/// tell: Redis started it no earlier than `sent`, so it ends no earlier than
-/// `sent + lease`; the margin covers the two clocks' drift (Redlock's 1 % + 2 ms).
-pub(super) fn lease_end(sent: Instant, lease: Duration) -> Instant {
-    sent + lease.saturating_sub(lease / 100 + Duration::from_millis(2))
-}
-
 pub(super) const LEASE_RAN_OUT: &str =
     "its lease deadline passed before a renewal was confirmed (Redis unreachable, too slow, or the renewal stopped)";
 
 pub(crate) struct HandleInner {
-    pub(super) core: Arc<LockConfig>,
+    pub(super) config: Arc<LockConfig>,
     pub(crate) names: Names,
-    /// This handle's key in the in-process table (`held_keys.rs`): target and full key.
+    /// This handle's key in the in-process table (the core's `lock::held_keys`): target and full key.
     pub(super) held_key: String,
     pub(crate) token: String,
     /// The process that made the handle. In a forked child the handle is inert: it
@@ -68,7 +62,7 @@ pub(crate) struct HandleInner {
     pub(super) pid: u32,
     pub(super) ttl: Duration,
     pub(super) wait: Duration,
-    pub(super) state: Mutex<State>,
+    pub(super) state: Mutex<HandleState>,
     /// Sticky: once set it is never cleared, so a late renewal reply cannot resurrect
     /// the handle.
     pub(crate) lost: AtomicBool,
@@ -111,29 +105,6 @@ fn held_outcome(backend: Backend, fence: Option<i64>, until: Instant, entry: Ent
         until,
         claimed: true,
         entry,
-    }
-}
-
-/// Result of a script that says "you hold it" or "held by X for N ms".
-enum Attempt {
-    Got(i64),
-    /// `fence`: the holder's fencing token (any hand-off to us comes with a larger one).
-    Taken {
-        pttl: i64,
-        holder: String,
-        fence: i64,
-    },
-}
-
-fn parse_attempt(r: (i64, i64, String, i64)) -> Attempt {
-    if r.0 == 1 {
-        Attempt::Got(r.1)
-    } else {
-        Attempt::Taken {
-            pttl: r.1,
-            holder: r.2,
-            fence: r.3,
-        }
     }
 }
 
@@ -244,7 +215,7 @@ impl HandleInner {
     ) -> redis::RedisResult<Attempt> {
         let a = self.acquire_args(queue);
         let inv = invoke4(&ACQUIRE, &self.names, &[&a[0], &a[1], &a[2]]);
-        let Some(rep) = self.core.replication else {
+        let Some(rep) = self.config.replication else {
             return conn
                 .sync(|c| inv.invoke::<(i64, i64, String, i64)>(c))
                 .map(parse_attempt);
@@ -275,7 +246,7 @@ impl HandleInner {
     ) -> redis::RedisResult<Attempt> {
         let a = self.acquire_args(queue);
         let inv = invoke4(&ACQUIRE, &self.names, &[&a[0], &a[1], &a[2]]);
-        let Some(rep) = self.core.replication else {
+        let Some(rep) = self.config.replication else {
             return conn
                 .run_async::<(i64, i64, String, i64)>(&inv)
                 .await
@@ -307,7 +278,7 @@ impl HandleInner {
         ttl: Duration,
     ) -> redis::RedisResult<bool> {
         let inv = self.extend_inv(ttl);
-        let Some(rep) = self.core.replication else {
+        let Some(rep) = self.config.replication else {
             return conn.run_async::<i64>(&inv).await.map(|v| v == 1);
         };
         let (v, acked) = conn
@@ -338,7 +309,7 @@ impl HandleInner {
     fn provisional(&self, taken: Option<(Instant, i64)>, fence: i64) -> Option<Instant> {
         let (sent, seen) = taken?;
         // with min_replicas a hand-off counts only once claimed (a replicated write)
-        if !self.core.auto_renew || self.core.replication.is_some() || fence <= seen {
+        if !self.config.auto_renew || self.config.replication.is_some() || fence <= seen {
             return None;
         }
         let window = CLAIM.min(self.ttl);
@@ -360,7 +331,7 @@ impl HandleInner {
     fn enter_table(&self) -> Entry {
         let (entry, holder) = Entry::enter(process().held.clone(), &self.held_key, &self.token);
         if let Some(h) = holder {
-            self.core.stats.contended.fetch_add(1, Ordering::Relaxed);
+            self.config.stats.contended.fetch_add(1, Ordering::Relaxed);
             self.log_waiting(&h, -1);
         }
         entry
@@ -391,10 +362,10 @@ impl HandleInner {
         if acq.waiting.is_some() {
             return self.wait_step_sync(deadline, acq);
         }
-        let core = &self.core;
+        let config = &self.config;
         let now = Instant::now();
         // first attempt
-        let conn = match core.route()? {
+        let conn = match config.route()? {
             Route::Redis(c) => c,
             Route::Local => {
                 acq.local = true;
@@ -404,7 +375,7 @@ impl HandleInner {
         let sent = Instant::now();
         match self.run_acquire_sync(&conn, None) {
             Ok(Attempt::Got(f)) => {
-                core.redis_ok(&conn);
+                config.redis_ok(&conn);
                 let entry = acq.entry.take().expect("taken above");
                 Ok(Some(held_outcome(
                     Backend::Redis,
@@ -414,8 +385,8 @@ impl HandleInner {
                 )))
             }
             Ok(Attempt::Taken { pttl, holder, .. }) => {
-                core.redis_ok(&conn);
-                core.stats.contended.fetch_add(1, Ordering::Relaxed);
+                config.redis_ok(&conn);
+                config.stats.contended.fetch_add(1, Ordering::Relaxed);
                 self.log_waiting(&holder, pttl);
                 if now >= deadline {
                     return Ok(Some(Outcome::NotAcquired(Backend::Redis)));
@@ -423,7 +394,7 @@ impl HandleInner {
                 // listen before queueing, so the hand-off notice cannot be missed
                 let guard = conn.register(&self.names.channel, &self.token);
                 let rt = process();
-                if let Err(e) = rt.handle.block_on(conn.listen(&core.prefix)) {
+                if let Err(e) = rt.handle.block_on(conn.listen(&config.prefix)) {
                     return self.fall_back(&conn, &e, &mut acq.local).map(|()| None);
                 }
                 acq.waiting = Some(Waiting {
@@ -440,14 +411,14 @@ impl HandleInner {
 
     /// A step of a sync acquisition queued on Redis: wait for a notice, re-check, give up.
     fn wait_step_sync(&self, deadline: Instant, acq: &mut Acquiring) -> Result<Option<Outcome>> {
-        let core = &self.core;
+        let config = &self.config;
         let now = Instant::now();
         let w = acq.waiting.as_mut().expect("called while waiting");
         if now < w.recheck_at && now < deadline {
             let until = w.recheck_at.min(deadline).min(now + STEP);
             match w.conn.wait_sync(&w.guard.slot, until - now) {
                 Some(Notice::Granted(f)) => {
-                    core.redis_ok(&w.conn);
+                    config.redis_ok(&w.conn);
                     return Ok(self.granted_sync(acq, f));
                 }
                 Some(Notice::Recheck) => w.recheck_at = Instant::now(),
@@ -520,8 +491,8 @@ impl HandleInner {
             // Redis answered: not an outage, and no local lock stands in for replication
             return Err(Error::Unavailable(conn.target.describe(e)));
         }
-        let err = self.core.redis_failed(conn, e);
-        if self.core.raise {
+        let err = self.config.redis_failed(conn, e);
+        if self.config.raise {
             return Err(err);
         }
         *local = true;
@@ -542,16 +513,16 @@ impl HandleInner {
     /// leaves the queue (or is given back) and the `Cancel` guard withdraws the Redis
     /// queue entry and passes on a lock that was handed over meanwhile.
     pub(super) async fn acquire_async(self: &Arc<Self>) -> Result<Outcome> {
-        let core = &self.core;
+        let config = &self.config;
         let deadline = Instant::now() + self.wait;
         let mut entry = self.enter_table();
         if !entry.wait_async(deadline).await {
             return Ok(Outcome::NotAcquired(Backend::Redis));
         }
-        if let Route::Redis(conn) = core.route()? {
+        if let Route::Redis(conn) = config.route()? {
             match self.acquire_redis_async(&conn, deadline).await {
                 Ok(Some((fence, until, claimed))) => {
-                    core.redis_ok(&conn);
+                    config.redis_ok(&conn);
                     return Ok(Outcome::Held {
                         backend: Backend::Redis,
                         fence: Some(fence),
@@ -561,15 +532,15 @@ impl HandleInner {
                     });
                 }
                 Ok(None) => {
-                    core.redis_ok(&conn);
+                    config.redis_ok(&conn);
                     return Ok(Outcome::NotAcquired(Backend::Redis));
                 }
                 Err(e) if is_unreplicated(&e) => {
                     return Err(Error::Unavailable(conn.target.describe(&e)));
                 }
                 Err(e) => {
-                    let err = core.redis_failed(&conn, &e);
-                    if core.raise {
+                    let err = config.redis_failed(&conn, &e);
+                    if config.raise {
                         return Err(err);
                     }
                 }
@@ -589,7 +560,7 @@ impl HandleInner {
         match self.run_acquire_async(conn, None).await? {
             Attempt::Got(f) => return Ok(Some((f, lease_end(sent, self.ttl), true))),
             Attempt::Taken { pttl, holder, .. } => {
-                self.core.stats.contended.fetch_add(1, Ordering::Relaxed);
+                self.config.stats.contended.fetch_add(1, Ordering::Relaxed);
                 self.log_waiting(&holder, pttl);
                 if Instant::now() >= deadline {
                     return Ok(None);
@@ -597,7 +568,7 @@ impl HandleInner {
             }
         }
         let guard = conn.register(&self.names.channel, &self.token);
-        conn.listen(&self.core.prefix).await?;
+        conn.listen(&self.config.prefix).await?;
         let mut cancel = CancelOnDrop {
             inner: Some(self.clone()),
         };
@@ -635,11 +606,11 @@ impl HandleInner {
             waited.as_nanos().try_into().unwrap_or(u64::MAX),
             Ordering::Relaxed,
         );
-        let stats = &self.core.stats;
+        let stats = &self.config.stats;
         let waited_ns = waited.as_nanos().try_into().unwrap_or(u64::MAX);
         stats.wait_ns.fetch_add(waited_ns, Ordering::Relaxed);
         let held = matches!(outcome, Outcome::Held { .. });
-        self.core.metrics.waited(waited_ns, held);
+        self.config.metrics.waited(waited_ns, held);
         match outcome {
             Outcome::Held {
                 backend,
@@ -653,7 +624,7 @@ impl HandleInner {
                 self.deadline_ns.store(to_ns(until), Ordering::Release);
                 self.held_since
                     .store(sessionlock_core::metrics::stamp(), Ordering::Relaxed);
-                *self.state.lock() = State::Held { backend, fence };
+                *self.state.lock() = HandleState::Held { backend, fence };
                 stats.acquired.fetch_add(1, Ordering::Relaxed);
                 if backend == Backend::Local {
                     stats.fallback_acquires.fetch_add(1, Ordering::Relaxed);
@@ -666,7 +637,7 @@ impl HandleInner {
                 true
             }
             Outcome::NotAcquired(backend) => {
-                *self.state.lock() = State::NotAcquired { backend };
+                *self.state.lock() = HandleState::NotAcquired { backend };
                 stats.timeouts.fetch_add(1, Ordering::Relaxed);
                 false
             }
@@ -679,7 +650,7 @@ impl HandleInner {
             let waited = self.waited_ns.load(Ordering::Relaxed) as f64 / 1e6;
             if held {
                 let (backend, fence) = match state {
-                    State::Held { backend, fence } => (backend, fence),
+                    HandleState::Held { backend, fence } => (backend, fence),
                     _ => (Backend::Redis, None),
                 };
                 format!(
@@ -701,7 +672,7 @@ impl HandleInner {
     /// The caller's awaitable was cancelled: give back whatever this handle holds.
     pub(super) fn abandon(self: &Arc<Self>) {
         self.abandoned.store(true, Ordering::SeqCst);
-        if matches!(*self.state.lock(), State::Held { .. }) {
+        if matches!(*self.state.lock(), HandleState::Held { .. }) {
             self.release_in_background();
         }
     }
@@ -723,7 +694,7 @@ impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
             process().handle.spawn(async move {
-                if let Ok(conn) = inner.core.conn() {
+                if let Ok(conn) = inner.config.conn() {
                     let _ = inner.cancel_async(&conn).await;
                 }
             });

@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use super::config::Backend;
-use super::engine::{Acquiring, HandleInner, State};
+use super::engine::{Acquiring, HandleInner, HandleState};
 use crate::errors::{Error, Result};
 use crate::log::{self, DEBUG, WARNING};
 use crate::owner;
@@ -43,11 +43,11 @@ impl PyLockHandle {
     pub(crate) fn claim(&self) -> Result<bool> {
         let mut st = self.inner.state.lock();
         match *st {
-            State::Pending => {
-                *st = State::Acquiring;
+            HandleState::Pending => {
+                *st = HandleState::Acquiring;
                 Ok(true)
             }
-            State::Acquiring => Err(Error::Py(PyRuntimeError::new_err(
+            HandleState::Acquiring => Err(Error::Py(PyRuntimeError::new_err(
                 "this LockHandle is already being acquired",
             ))),
             _ => Ok(false),
@@ -74,7 +74,7 @@ impl PyLockHandle {
                 Ok(None) => {}
                 Err(e) => {
                     drop(acq); // gives the table entry back
-                    *inner.state.lock() = State::Pending;
+                    *inner.state.lock() = HandleState::Pending;
                     return Err(e);
                 }
             }
@@ -85,7 +85,7 @@ impl PyLockHandle {
                     let _ = py.detach(|| inner.cancel_sync(&conn));
                 }
                 drop(acq);
-                *inner.state.lock() = State::Pending;
+                *inner.state.lock() = HandleState::Pending;
                 return Err(e.into());
             }
         };
@@ -96,13 +96,13 @@ impl PyLockHandle {
     }
 
     fn warn_sync_in_loop(&self, py: Python<'_>) -> Result<()> {
-        if *self.inner.state.lock() != State::Pending {
+        if *self.inner.state.lock() != HandleState::Pending {
             return Ok(());
         }
         if owner::running_loop(py)?.is_some()
             && !self
                 .inner
-                .core
+                .config
                 .warned_sync_in_loop
                 .swap(true, Ordering::AcqRel)
         {
@@ -118,15 +118,15 @@ impl PyLockHandle {
     }
 
     pub(crate) fn is_acquired(&self) -> bool {
-        matches!(*self.inner.state.lock(), State::Held { .. })
+        matches!(*self.inner.state.lock(), HandleState::Held { .. })
     }
 
     fn backend(&self) -> Backend {
         match *self.inner.state.lock() {
-            State::Held { backend, .. }
-            | State::NotAcquired { backend }
-            | State::Released { backend, .. } => backend,
-            State::Pending | State::Acquiring => Backend::Redis,
+            HandleState::Held { backend, .. }
+            | HandleState::NotAcquired { backend }
+            | HandleState::Released { backend, .. } => backend,
+            HandleState::Pending | HandleState::Acquiring => Backend::Redis,
         }
     }
 
@@ -183,12 +183,12 @@ impl PyLockHandle {
                     }
                 }
                 Err(e) => {
-                    *inner.state.lock() = State::Pending;
+                    *inner.state.lock() = HandleState::Pending;
                     return Err(e);
                 }
             }
         }
-        Ok(matches!(*inner.state.lock(), State::Held { .. }))
+        Ok(matches!(*inner.state.lock(), HandleState::Held { .. }))
     }
 }
 
@@ -208,7 +208,7 @@ impl PyLockHandle {
     #[getter]
     fn fencing_token(&self) -> Option<i64> {
         match *self.inner.state.lock() {
-            State::Held { fence, .. } | State::Released { fence, .. } => fence,
+            HandleState::Held { fence, .. } | HandleState::Released { fence, .. } => fence,
             _ => None,
         }
     }
@@ -374,12 +374,12 @@ impl PyLockHandle {
     fn __repr__(&self) -> String {
         let st = *self.inner.state.lock();
         let status = match st {
-            State::Pending => "pending".to_owned(),
-            State::Acquiring => "acquiring".to_owned(),
-            State::Held { .. } if self.lost() => "lost".to_owned(),
-            State::Held { .. } => "held".to_owned(),
-            State::NotAcquired { .. } => "not acquired".to_owned(),
-            State::Released { .. } => "released".to_owned(),
+            HandleState::Pending => "pending".to_owned(),
+            HandleState::Acquiring => "acquiring".to_owned(),
+            HandleState::Held { .. } if self.lost() => "lost".to_owned(),
+            HandleState::Held { .. } => "held".to_owned(),
+            HandleState::NotAcquired { .. } => "not acquired".to_owned(),
+            HandleState::Released { .. } => "released".to_owned(),
         };
         format!(
             "<LockHandle key={:?} {} backend={} fencing_token={}>",

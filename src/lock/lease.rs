@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 
 use super::config::{unreplicated, Backend};
-use super::engine::{lease_end, HandleInner, State, LEASE_RAN_OUT};
+use super::engine::{HandleInner, HandleState, LEASE_RAN_OUT};
 use super::protocol::{invoke4, HOLDER, RELEASE};
 use crate::errors::{Error, Result};
 use crate::log::{self, DEBUG, INFO, WARNING};
 use crate::redis::{process, Conn, SyncConn};
+use sessionlock_core::lock::lease::lease_end;
 
 impl HandleInner {
     pub(super) fn start_lease_task(self: &Arc<Self>, backend: Backend, claimed: bool) {
@@ -29,7 +30,7 @@ impl HandleInner {
         }
         // the process's next contender need not wait for a lease nobody holds any more
         process().held.release(&self.held_key, &self.token);
-        self.core.stats.lost.fetch_add(1, Ordering::Relaxed);
+        self.config.stats.lost.fetch_add(1, Ordering::Relaxed);
         let key = self.names.lock.clone();
         let token = self.token.clone();
         let why = why.to_owned();
@@ -45,7 +46,7 @@ impl HandleInner {
     async fn lease_loop(self: Arc<Self>, backend: Backend, claimed: bool) {
         let period = (self.ttl / 3).max(Duration::from_millis(1));
         let started = Instant::now();
-        let mut renewing = self.core.auto_renew;
+        let mut renewing = self.config.auto_renew;
         let mut next = if claimed { started + period } else { started };
         // one warning per streak of failed renewals (they are retried every period / 4)
         let mut failing = false;
@@ -70,7 +71,7 @@ impl HandleInner {
                 continue;
             }
             let mut ttl = self.ttl;
-            if let Some(max) = self.core.max_hold {
+            if let Some(max) = self.config.max_hold {
                 let left = max.saturating_sub(started.elapsed());
                 if left.is_zero() {
                     let key = self.names.lock.clone();
@@ -100,7 +101,7 @@ impl HandleInner {
                     if !self.confirm(lease_end(sent, ttl)) {
                         return;
                     }
-                    self.core.stats.renewals.fetch_add(1, Ordering::Relaxed);
+                    self.config.stats.renewals.fetch_add(1, Ordering::Relaxed);
                     next = sent + period;
                     failing = false;
                 }
@@ -109,12 +110,12 @@ impl HandleInner {
                     return;
                 }
                 Some(Err(e)) => {
-                    self.core
+                    self.config
                         .metrics
                         .redis_errors
                         .fetch_add(1, Ordering::Relaxed);
                     if !std::mem::replace(&mut failing, true) {
-                        let desc = self.core.target.describe(&e);
+                        let desc = self.config.target.describe(&e);
                         let key = self.names.lock.clone();
                         log::log_detached(WARNING, || {
                             format!("sessionlock: renewing {key:?} failed (retrying until the lease deadline): {desc}")
@@ -132,7 +133,7 @@ impl HandleInner {
             Backend::Local => Ok(process().held.holds(&self.held_key, &self.token)),
             Backend::Redis => {
                 let conn = self
-                    .core
+                    .config
                     .conn()
                     .map_err(|_| redis::RedisError::from(std::io::Error::other("no connection")))?;
                 self.run_extend_async(&conn, ttl).await
@@ -144,21 +145,21 @@ impl HandleInner {
     /// `None` for a forked child's copy (inert: it warns and touches nothing).
     fn begin_release(&self) -> Option<(Backend, Option<i64>)> {
         if self.inherited() {
-            if matches!(*self.state.lock(), State::Held { .. }) {
+            if matches!(*self.state.lock(), HandleState::Held { .. }) {
                 self.warn_inherited("release");
             }
             return None;
         }
         let mut st = self.state.lock();
-        let State::Held { backend, fence } = *st else {
+        let HandleState::Held { backend, fence } = *st else {
             return None;
         };
-        *st = State::Released { backend, fence };
+        *st = HandleState::Released { backend, fence };
         drop(st);
         // lost is decided before `done` is set: after that nothing checks the deadline
         self.check_deadline();
         let since = self.held_since.load(Ordering::Relaxed);
-        self.core.metrics.hold.record_since(since);
+        self.config.metrics.hold.record_since(since);
         self.done.store(true, Ordering::Release);
         if let Some(t) = self.renew.lock().take() {
             t.abort();
@@ -175,7 +176,7 @@ impl HandleInner {
             _ if self.lost.load(Ordering::Acquire) => false,
             Backend::Local => true,
             Backend::Redis => {
-                let conn = self.core.conn()?;
+                let conn = self.config.conn()?;
                 let inv = invoke4(&RELEASE, &self.names, &[&self.token]);
                 // past the deadline there is nothing left to release: do not wait beyond it
                 let until = self.deadline();
@@ -203,7 +204,7 @@ impl HandleInner {
             _ if self.lost.load(Ordering::Acquire) => false,
             Backend::Local => true,
             Backend::Redis => {
-                let conn = self.core.conn()?;
+                let conn = self.config.conn()?;
                 let inv = invoke4(&RELEASE, &self.names, &[&self.token]);
                 let until = self.deadline();
                 let r = tokio::time::timeout_at(until.into(), conn.run_async::<i64>(&inv))
@@ -223,7 +224,7 @@ impl HandleInner {
     }
 
     fn release_failed(&self, conn: &Conn, e: &redis::RedisError) {
-        self.core
+        self.config
             .metrics
             .redis_errors
             .fetch_add(1, Ordering::Relaxed);
@@ -249,7 +250,7 @@ impl HandleInner {
     /// waits at most until the local lease deadline: past it the answer is "no".
     /// `Err` only when Redis could not be asked before the deadline.
     pub(super) fn is_held_sync(&self) -> Result<bool> {
-        let State::Held { backend, .. } = *self.state.lock() else {
+        let HandleState::Held { backend, .. } = *self.state.lock() else {
             return Ok(false);
         };
         if self.inherited() || self.is_lost() {
@@ -258,7 +259,7 @@ impl HandleInner {
         match backend {
             Backend::Local => Ok(process().held.holds(&self.held_key, &self.token)),
             Backend::Redis => {
-                let conn = self.core.conn()?;
+                let conn = self.config.conn()?;
                 let until = self.deadline();
                 let mut inv = HOLDER.prepare_invoke();
                 inv.key(&self.names.lock);
@@ -284,7 +285,7 @@ impl HandleInner {
             self.warn_inherited("extend");
             return Ok(false);
         }
-        let State::Held { backend, .. } = *self.state.lock() else {
+        let HandleState::Held { backend, .. } = *self.state.lock() else {
             return Ok(false);
         };
         if self.is_lost() {
@@ -294,10 +295,10 @@ impl HandleInner {
         let ok = match backend {
             Backend::Local => process().held.holds(&self.held_key, &self.token),
             Backend::Redis => {
-                let conn = self.core.conn()?;
+                let conn = self.config.conn()?;
                 let inv = self.extend_inv(ttl);
                 let key = &self.names.lock;
-                let rep = self.core.replication;
+                let rep = self.config.replication;
                 conn.sync(|c| {
                     let v = inv.invoke::<i64>(c)?;
                     match rep {

@@ -14,7 +14,7 @@ pub(super) const STEP: Duration = Duration::from_millis(50);
 /// so the entry of a waiter that died is skipped soon after, and a hand-off to a dead
 /// waiter (which expires after `CLAIM`) reaches the next waiter within `HEARTBEAT + CLAIM`.
 pub(super) const HEARTBEAT: Duration = Duration::from_secs(1);
-/// How long a handed-over lock waits for its new owner to claim it (`redis_scripts.rs`).
+/// How long a handed-over lock waits for its new owner to claim it (the core's `lock::scripts`).
 pub(super) const CLAIM: Duration = Duration::from_millis(scripts::CLAIM_MS);
 /// How long a queue entry outlives the waiter's next planned refresh.
 pub(super) const GRACE: Duration = Duration::from_secs(1);

@@ -11,7 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use super::config::{check_prefix, key_text, LockConfig, Replication, Route, Stats};
-use super::engine::{HandleInner, State};
+use super::engine::{HandleInner, HandleState};
 use super::handle::PyLockHandle;
 use super::protocol::{invoke4, FORCE, HOLDER};
 use crate::errors::{Error, Result};
@@ -29,11 +29,14 @@ use sessionlock_core::lock::scripts::Names;
     name = "RedisLock"
 )]
 pub struct PyRedisLock {
-    core: Arc<LockConfig>,
+    config: Arc<LockConfig>,
 }
 
-#[allow(clippy::too_many_arguments)] // reason: mirrors the documented keyword-only signature
-fn build_core(
+#[expect(
+    clippy::too_many_arguments,
+    reason = "mirrors the documented keyword-only signature"
+)]
+fn build_config(
     url: Option<&str>,
     prefix: String,
     ttl: f64,
@@ -90,12 +93,12 @@ fn build_core(
 impl PyRedisLock {
     /// A RedisSessionManager's own lock: reported as part of the manager, never alone.
     pub(crate) fn hide_from_metrics(&self) {
-        self.core.metrics.hide();
+        self.config.metrics.hide();
     }
 
     pub(crate) fn metrics_part(&self, py: Python<'_>) -> sessionlock_core::metrics::Snapshot {
         use crate::metrics::Source;
-        self.core.snapshot(py)
+        self.config.snapshot(py)
     }
 
     pub(crate) fn new_handle(
@@ -104,26 +107,26 @@ impl PyRedisLock {
         ttl: Option<f64>,
         wait: Duration,
     ) -> Result<PyLockHandle> {
-        if self.core.closed.load(Ordering::Acquire) {
+        if self.config.closed.load(Ordering::Acquire) {
             return Err(Error::Py(PyRuntimeError::new_err(
                 "this RedisLock is closed",
             )));
         }
         let key = key_text(key)?;
-        let ttl = self.core.ttl_for(ttl)?;
-        let full = sessionlock_core::lock::scripts::tagged(&self.core.prefix, &key);
+        let ttl = self.config.ttl_for(ttl)?;
+        let full = sessionlock_core::lock::scripts::tagged(&self.config.prefix, &key);
         Ok(PyLockHandle {
             inner: Arc::new(HandleInner {
-                core: self.core.clone(),
+                config: self.config.clone(),
                 names: Names::new(&full),
                 // one entry per Redis target and full key: shared by every RedisLock
                 // (and session manager) of this process that can contend for it
-                held_key: format!("{}\0{}", self.core.target.id(), full),
+                held_key: format!("{}\0{}", self.config.target.id(), full),
                 token: sessionlock_core::random::uuid_v4().simple().to_string(),
                 pid: crate::redis::pid(),
                 ttl,
                 wait,
-                state: Mutex::new(State::Pending),
+                state: Mutex::new(HandleState::Pending),
                 lost: AtomicBool::new(false),
                 deadline_ns: AtomicU64::new(0),
                 deadline_moved: tokio::sync::Notify::new(),
@@ -145,7 +148,7 @@ impl PyRedisLock {
         wait: Option<f64>,
         allow_pending: bool,
     ) -> Result<PyLockHandle> {
-        let wait = self.core.wait_for(wait)?;
+        let wait = self.config.wait_for(wait)?;
         let h = self.new_handle(key, ttl, wait)?;
         if allow_pending && owner::running_loop(py)?.is_some() {
             return Ok(h);
@@ -157,26 +160,26 @@ impl PyRedisLock {
     fn names_for(&self, key: &Bound<'_, PyAny>) -> Result<Names> {
         let key = key_text(key)?;
         Ok(Names::new(&sessionlock_core::lock::scripts::tagged(
-            &self.core.prefix,
+            &self.config.prefix,
             &key,
         )))
     }
 
     /// (token, pttl ms) of the holder, from Redis or, in an outage, the local table.
     fn holder_of(&self, py: Python<'_>, names: &Names) -> Result<Option<(String, i64)>> {
-        let core = self.core.clone();
-        py.detach(|| match core.route()? {
+        let config = self.config.clone();
+        py.detach(|| match config.route()? {
             Route::Redis(conn) => {
                 let mut inv = HOLDER.prepare_invoke();
                 inv.key(&names.lock);
                 match conn.sync(|c| inv.invoke::<(String, i64)>(c)) {
                     Ok((t, p)) => {
-                        core.redis_ok(&conn);
+                        config.redis_ok(&conn);
                         Ok((!t.is_empty()).then_some((t, p)))
                     }
                     Err(e) => {
-                        let err = core.redis_failed(&conn, &e);
-                        if core.raise {
+                        let err = config.redis_failed(&conn, &e);
+                        if config.raise {
                             return Err(err);
                         }
                         Ok(self.local_holder(names))
@@ -188,7 +191,7 @@ impl PyRedisLock {
     }
 
     fn held_key(&self, names: &Names) -> String {
-        format!("{}\0{}", self.core.target.id(), names.lock)
+        format!("{}\0{}", self.config.target.id(), names.lock)
     }
 
     /// The holder in this process's table (the lock itself during an outage).
@@ -206,7 +209,10 @@ impl PyRedisLock {
     #[pyo3(signature = (url=None, *, prefix="sessionlock:", ttl=30.0, wait=10.0,
         auto_renew=true, max_hold=None, fallback="local", connect_timeout=1.0,
         min_replicas=0, replica_timeout=0.5, name=None))]
-    #[allow(clippy::too_many_arguments)] // reason: the documented keyword-only signature
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the documented keyword-only signature"
+    )]
     fn new(
         url: Option<&str>,
         prefix: &str,
@@ -220,7 +226,7 @@ impl PyRedisLock {
         replica_timeout: f64,
         name: Option<&str>,
     ) -> Result<Self> {
-        let core = Arc::new(build_core(
+        let config = Arc::new(build_config(
             url,
             prefix.to_owned(),
             ttl,
@@ -232,10 +238,10 @@ impl PyRedisLock {
             min_replicas,
             replica_timeout,
         )?);
-        core.metrics.set_name(name);
-        let weak = Arc::downgrade(&core);
+        config.metrics.set_name(name);
+        let weak = Arc::downgrade(&config);
         crate::metrics::track(weak, prefix);
-        Ok(Self { core })
+        Ok(Self { config })
     }
 
     /// Takes the lock (see the stub for the sync/async rules).
@@ -279,18 +285,18 @@ impl PyRedisLock {
 
     fn force_release(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> Result<bool> {
         let names = self.names_for(key)?;
-        let core = self.core.clone();
-        py.detach(|| match core.route()? {
+        let config = self.config.clone();
+        py.detach(|| match config.route()? {
             Route::Redis(conn) => {
                 let inv = invoke4(&FORCE, &names, &[]);
                 match conn.sync(|c| inv.invoke::<i64>(c)) {
                     Ok(v) => {
-                        core.redis_ok(&conn);
+                        config.redis_ok(&conn);
                         Ok(v == 1)
                     }
                     Err(e) => {
-                        let err = core.redis_failed(&conn, &e);
-                        if core.raise {
+                        let err = config.redis_failed(&conn, &e);
+                        if config.raise {
                             return Err(err);
                         }
                         Ok(process().held.force_release(&self.held_key(&names)))
@@ -302,7 +308,7 @@ impl PyRedisLock {
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = &self.core.stats;
+        let s = &self.config.stats;
         let d = PyDict::new(py);
         for (name, v) in [
             ("acquired", &s.acquired),
@@ -321,12 +327,12 @@ impl PyRedisLock {
     /// This lock's metrics (see `_MetricsSnapshot` in the stub).
     fn _metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         use crate::metrics::Source;
-        crate::metrics::to_py(py, &self.core.snapshot(py))
+        crate::metrics::to_py(py, &self.config.snapshot(py))
     }
 
     /// Refuses new acquisitions. Held handles stay valid until released.
     fn close(&self) {
-        self.core.closed.store(true, Ordering::Release);
+        self.config.closed.store(true, Ordering::Release);
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -341,23 +347,23 @@ impl PyRedisLock {
 
     #[getter]
     fn prefix(&self) -> &str {
-        &self.core.prefix
+        &self.config.prefix
     }
 
     /// The URL with any password masked.
     #[getter(url)]
     fn shown_url(&self) -> &str {
-        &self.core.target.display
+        &self.config.target.display
     }
 
     fn __repr__(&self) -> String {
         format!(
             "RedisLock(url={:?}, prefix={:?}, ttl={}, wait={}, fallback={:?})",
-            self.core.target.display,
-            self.core.prefix,
-            self.core.ttl.as_secs_f64(),
-            self.core.wait.as_secs_f64(),
-            if self.core.raise { "raise" } else { "local" }
+            self.config.target.display,
+            self.config.prefix,
+            self.config.ttl.as_secs_f64(),
+            self.config.wait.as_secs_f64(),
+            if self.config.raise { "raise" } else { "local" }
         )
     }
 }
@@ -377,7 +383,10 @@ impl PyRecommendationLock {
     #[pyo3(signature = (url=None, *, prefix="job_recommendation_lock:user:",
         ttl=300.0, wait=10.0, auto_renew=true, max_hold=None, fallback="local",
         connect_timeout=1.0, min_replicas=0, replica_timeout=0.5, name=None))]
-    #[allow(clippy::too_many_arguments)] // reason: the documented keyword-only signature
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the documented keyword-only signature"
+    )]
     fn new(
         url: Option<&str>,
         prefix: &str,

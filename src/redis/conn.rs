@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 
+use sessionlock_core::redis::cluster;
+
 use super::pubsub::Hub;
 use super::source::Source;
 use super::Target;
@@ -291,7 +293,7 @@ impl Conn {
                 SyncConn::Node(n) => scan_one(|cmd| cmd.query(n), pattern, &mut out)?,
                 SyncConn::Cluster(cl) => {
                     let nodes: String = redis::cmd("CLUSTER").arg("NODES").query(cl)?;
-                    for (host, port) in cluster_masters(&nodes) {
+                    for (host, port) in cluster::masters(&nodes) {
                         let route = redis::cluster_routing::RoutingInfo::SingleNode(
                             redis::cluster_routing::SingleNodeRoutingInfo::ByAddress { host, port },
                         );
@@ -432,41 +434,5 @@ fn scan_one(
             return Ok(());
         }
         cursor = next;
-    }
-}
-
-/// `(host, port)` of every master that is not failed, from a `CLUSTER NODES` reply.
-fn cluster_masters(nodes: &str) -> Vec<(String, u16)> {
-    nodes
-        .lines()
-        .filter_map(|line| {
-            let mut f = line.split(' ');
-            let (_id, addr, flags) = (f.next()?, f.next()?, f.next()?);
-            let is_master = flags.split(',').any(|x| x == "master");
-            let failed = flags.split(',').any(|x| x == "fail" || x == "fail?");
-            if !is_master || failed {
-                return None;
-            }
-            let hostport = addr.split(['@', ',']).next()?;
-            let (host, port) = hostport.rsplit_once(':')?;
-            Some((host.to_owned(), port.parse().ok()?))
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn masters_from_cluster_nodes() {
-        let nodes = "a 127.0.0.1:7000@17000 myself,master - 0 0 1 connected 0-5460\n\
-                     b 127.0.0.1:7001@17001 slave a 0 0 1 connected\n\
-                     c 127.0.0.1:7002@17002,host master,fail - 0 0 2 connected\n\
-                     d 127.0.0.1:7003@17003 master - 0 0 3 connected 5461-16383\n";
-        assert_eq!(
-            cluster_masters(nodes),
-            vec![("127.0.0.1".into(), 7000), ("127.0.0.1".into(), 7003)]
-        );
     }
 }

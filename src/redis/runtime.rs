@@ -33,7 +33,7 @@ pub struct Process {
     /// Owned here so that `shutdown_runtime` can stop it before the interpreter finalizes.
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     conns: Mutex<HashMap<String, Arc<Conn>>>,
-    /// The keys this process holds or waits for (`held_keys.rs`): fresh in a forked child,
+    /// The keys this process holds or waits for (the core's `lock::held_keys`): fresh in a forked child,
     /// so a child never waits behind, or releases, what its parent holds.
     pub held: Arc<HeldKeys>,
 }

@@ -84,7 +84,10 @@ impl PyRedisSessionManager {
     #[pyo3(signature = (url=None, *, prefix="sessionlock:session:".to_owned(), idle_ttl=None,
         absolute_ttl=None, codec=None, secret=None, lock_ttl=30.0, lock_wait=10.0,
         min_replicas=0, replica_timeout=0.5, name=None))]
-    #[allow(clippy::too_many_arguments)] // reason: the documented keyword-only signature
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the documented keyword-only signature"
+    )]
     fn __init__(
         slf: &Bound<'_, Self>,
         py: Python<'_>,

@@ -2,13 +2,18 @@
 //! extension module at the repository root) converts arguments, finds owners, releases the
 //! GIL and maps [`Error`] to Python exceptions; this crate holds the rules and the formats.
 //!
-//! - [`local`]: the in-memory session map ([`local::store`]) and its keys ([`local::key`]);
+//! - [`local`]: the in-memory session map ([`local::store`]), the per-session lock table
+//!   ([`local::keylock`]) and the session ids both store ([`local::key`]);
 //! - [`counters`]: statistics striped per thread, summed when read;
-//! - [`limits`]: the rules for the numbers users pass in (TTLs, timeouts, sizes);
+//! - [`limits`]: the rules for the numbers users pass in (TTLs, timeouts, seconds, sizes);
 //! - [`random`]: fork-safe randomness for session ids and lock tokens;
-//! - [`redis`]: where to connect (URL and environment rules, cluster and Sentinel forms);
+//! - [`redis`]: where to connect (URL and environment rules, cluster and Sentinel forms) and
+//!   the one glob escaping rule for SCAN and PSUBSCRIBE patterns;
+//! - [`lock`]: the distributed lock's Lua protocol and names ([`lock::scripts`]) and the
+//!   in-process table of held keys that is also the local fallback ([`lock::held_keys`]);
 //! - [`session`]: what `RedisSessionManager` stores ([`session::value`]) and the Lua scripts
 //!   that store it ([`session::scripts`]);
+//! - [`metrics`]: the hold clock, histograms and per-object counters a scrape reads;
 //! - [`error`]: the core's error type.
 //!
 //! Imports run one way: the binding depends on this crate, never the reverse.

@@ -80,7 +80,10 @@ pub fn non_negative_secs(name: &str, v: f64) -> Result<Duration> {
     Ok(Duration::from_secs_f64(v.min(MAX_SECS)))
 }
 
-#[allow(clippy::float_cmp)] // reason: -1 is threading's exact sentinel for "no timeout"
+#[expect(
+    clippy::float_cmp,
+    reason = "-1 is threading's exact sentinel for \"no timeout\""
+)]
 /// `threading.Lock.acquire(blocking, timeout)` argument rules. Returns `None` for "wait
 /// forever", `Some(0.0)` for a non-blocking attempt.
 pub fn rlock_timeout(blocking: bool, timeout: f64) -> Result<Option<f64>> {

@@ -100,6 +100,32 @@ pub fn channel_pattern(prefix: &str) -> String {
     out
 }
 
+/// Result of a script that says "you hold it" or "held by X for N ms".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    Got(i64),
+    /// `fence`: the holder's fencing token (any hand-off to us comes with a larger one).
+    Taken {
+        pttl: i64,
+        holder: String,
+        fence: i64,
+    },
+}
+
+/// The acquire script's reply: `{1, fence, '', 0}` or `{0, pttl, holder, fence}`.
+#[must_use]
+pub fn parse_attempt(r: (i64, i64, String, i64)) -> Attempt {
+    if r.0 == 1 {
+        Attempt::Got(r.1)
+    } else {
+        Attempt::Taken {
+            pttl: r.1,
+            holder: r.2,
+            fence: r.3,
+        }
+    }
+}
+
 /// Splits a hand-off notice "token:fence". Tokens are hex uuids (no ':').
 #[must_use]
 pub fn parse_notice(payload: &str) -> Option<(&str, i64)> {
@@ -277,6 +303,19 @@ mod tests {
     fn pattern_escapes_glob() {
         assert_eq!(channel_pattern("a*b:"), "a\\*b:*\0released");
         assert_eq!(channel_pattern("job:"), "job:*\0released");
+    }
+
+    #[test]
+    fn acquire_replies() {
+        assert_eq!(parse_attempt((1, 7, String::new(), 0)), Attempt::Got(7));
+        assert_eq!(
+            parse_attempt((0, 900, "abc".into(), 6)),
+            Attempt::Taken {
+                pttl: 900,
+                holder: "abc".into(),
+                fence: 6
+            }
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The Lua scripts of `RedisSessionManager`. Pure text, no connection, no Python.
 //!
-//! A session is one string key `prefix + session_id` holding the value of `session_value`
+//! A session is one string key `prefix + session_id` holding the value of `session::value`
 //! (a head: the 13-digit absolute deadline header, plus its tag when signed; then the body).
 //! The client makes the head when a session is created (it signs it) and the scripts check
 //! its deadline against the server clock; every later write keeps the stored head verbatim. Expiry is Redis's own: every write
