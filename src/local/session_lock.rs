@@ -26,7 +26,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyTuple, PyType};
 
 use crate::errors::{Error, Result};
-use crate::local::manager::{Inner, PyManager, Wake};
+use crate::local::manager::PyManager;
+use crate::local::sessions::{Sessions, Wake};
 use crate::owner::current_owner;
 use sessionlock_core::counters::C;
 use sessionlock_core::limits;
@@ -85,7 +86,7 @@ pub fn ready(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
 /// coroutine (see `PyAcquire::start`).
 #[pyclass(frozen, module = "sessionlock._sessionlock")]
 struct Starter {
-    inner: Arc<Inner>,
+    inner: Arc<Sessions>,
     key: OwnedLoc,
     owner: Owner,
     event_loop: Py<PyAny>,
@@ -150,7 +151,7 @@ fn done(py: Python<'_>) -> PyResult<Py<PyAny>> {
     name = "SessionLock"
 )]
 pub struct PySessionLock {
-    inner: Arc<Inner>,
+    inner: Arc<Sessions>,
     /// The manager `inner` belongs to, held (and traversed) only so that the cyclic GC sees
     /// `context -> its lock -> manager -> context`: through the `Arc` alone that cycle is
     /// invisible and a context that keeps its session's lock would never be freed.
@@ -161,7 +162,12 @@ pub struct PySessionLock {
 }
 
 impl PySessionLock {
-    pub fn new(manager: Py<PyAny>, inner: Arc<Inner>, key: &Loc<'_>, timeout: Option<f64>) -> Self {
+    pub fn new(
+        manager: Py<PyAny>,
+        inner: Arc<Sessions>,
+        key: &Loc<'_>,
+        timeout: Option<f64>,
+    ) -> Self {
         Self {
             inner,
             manager,
@@ -289,7 +295,7 @@ impl PySessionLock {
 /// `Future.__await__` protocol: it yields the loop future while waiting).
 #[pyclass(frozen, module = "sessionlock._sessionlock", name = "_Acquire")]
 pub struct PyAcquire {
-    inner: Arc<Inner>,
+    inner: Arc<Sessions>,
     key: OwnedLoc,
     owner: Owner,
     fut: Py<PyAny>,
@@ -319,7 +325,7 @@ impl PyAcquire {
     /// followed by `lock.release()` works as with an eager acquire.
     pub fn start(
         py: Python<'_>,
-        inner: &Arc<Inner>,
+        inner: &Arc<Sessions>,
         key: &Loc<'_>,
         timeout: Option<f64>,
         want_context: bool,
@@ -344,7 +350,7 @@ impl PyAcquire {
     /// queues it and returns the pending `_Acquire`.
     fn start_for(
         py: Python<'_>,
-        inner: &Arc<Inner>,
+        inner: &Arc<Sessions>,
         key: &Loc<'_>,
         owner: Owner,
         event_loop: &Bound<'_, PyAny>,
@@ -582,7 +588,7 @@ impl Drop for PyAcquire {
 /// `call_later` callback: a waiter still queued at its deadline leaves with `False`.
 #[pyclass(frozen, module = "sessionlock._sessionlock")]
 struct WaiterTimeout {
-    inner: Arc<Inner>,
+    inner: Arc<Sessions>,
     key: OwnedLoc,
     id: u64,
     owner: Owner,

@@ -16,7 +16,7 @@ use super::codec::{Codec, Kind};
 use super::lock::PyRedisSessionLock;
 use super::store::{bump, sid_of_key, state_of, SessionStore, Stats, TOUCH};
 use crate::errors::{Error, Result};
-use crate::local::manager::{check_callable, session_id as checked_id};
+use crate::local::args::{check_callable, session_id as checked_id};
 use crate::lock::PyRedisLock;
 use crate::log::{self, WARNING};
 use crate::owner::current_owner;
