@@ -3,6 +3,7 @@ real redis-server processes on loopback (tests/scaleout_servers.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import time
 import uuid
@@ -285,3 +286,24 @@ def test_failover_keeps_the_holder_and_admits_nobody_else() -> None:
         lk.close()
     finally:
         s.close()
+
+
+@pytest.mark.timeout(180)  # may include starting the shared servers
+def test_min_replicas_on_a_cluster_waits_on_the_keys_own_master(
+    redis_cluster: RedisCluster,
+) -> None:
+    """The test cluster's masters have no replicas: a WAIT routed to the key's master
+    answers 0, so the acquire is undone (sync and async) and nothing stays held."""
+    lk = RedisLock(redis_cluster.url, prefix="crep:", min_replicas=1, replica_timeout=0.05)
+    key = new_key()
+    with pytest.raises(sessionlock.RedisUnavailable, match="replicas"):
+        lk.acquire(key)
+
+    async def in_a_task() -> None:
+        with pytest.raises(sessionlock.RedisUnavailable, match="replicas"):
+            async with lk.acquire(key):
+                pytest.fail("the body must not run")
+
+    asyncio.run(in_a_task())
+    assert redis_cluster.client().get(f"crep:{{{key}}}") is None  # undone
+    lk.close()
