@@ -516,7 +516,9 @@ impl PyRedisSessionManager {
         let s = &st.stats;
         let d = PyDict::new(py);
         d.set_item("sessions", self.session_ids(py)?.len())?;
-        d.set_item("locks", st.held.lock().len())?;
+        // read under the mutex, then release it before any Python API runs
+        let locks = st.held.lock().len();
+        d.set_item("locks", locks)?;
         for (name, c) in [
             ("hits", &s.hits),
             ("misses", &s.misses),
