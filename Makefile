@@ -34,7 +34,7 @@ format:  ## rewrite the sources in house style (cargo fmt, ruff --fix, ruff form
 	$(PY) -m ruff format $(PYDIRS)
 
 test:  ## cargo test (the core without Python, then the binding), then the pytest suite
-	cargo test --workspace --quiet
+	SESSIONLOCK_REQUIRE_REDIS=1 cargo test --workspace --quiet
 	$(PY) -m pytest -q
 
 bench: bench-core bench-redis bench-redis-session  ## all benchmarks (needs only the bench extra)

@@ -37,6 +37,12 @@ impl From<sessionlock_core::Error> for Error {
             sessionlock_core::Error::Type(m) => Error::Type(m),
             sessionlock_core::Error::Value(m) => Error::Value(m),
             sessionlock_core::Error::Overflow(m) => Error::Overflow(m),
+            sessionlock_core::Error::Timeout(m) => Error::Timeout(m),
+            sessionlock_core::Error::Lost(m) => Error::Lost(m),
+            sessionlock_core::Error::Unavailable(m) => Error::Unavailable(m),
+            sessionlock_core::Error::State(m) => {
+                Error::Py(pyo3::exceptions::PyRuntimeError::new_err(m))
+            }
         }
     }
 }

@@ -1,19 +1,20 @@
 //! sessionlock's Python binding (the `_sessionlock` extension module). This file only wires
-//! the module. The rules, formats and data structures live in the pure-Rust core
-//! (`crates/sessionlock-core`: the session map and key-lock table, the Lua protocols, the
-//! held-keys table, the value framing and MAC, limits, metrics histograms); this crate holds
-//! the `#[pyclass]`es, converts arguments, finds owners, releases the GIL around waits and
-//! maps errors:
+//! the module. The rules, formats, data structures and loops live in the pure-Rust core
+//! (`crates/sessionlock-core`: the session map and key-lock table, the Redis connections
+//! and per-process runtime, the lock engine with its Lua protocol and held-keys table, the
+//! value framing and MAC, limits, metrics histograms); this crate holds the `#[pyclass]`es,
+//! converts arguments, finds owners, releases the GIL around waits, logs and maps errors:
 //!
 //! - `local/`: `BaseSessionManager` (`manager`) and `SessionLock` (`session_lock`);
-//! - `lock/`: `RedisLock` / `RecommendationLock` and `LockHandle` (the acquire, lease and
-//!   release loops of a handle in `engine` and `lease`);
-//! - `session/`: `RedisSessionManager`, its lock and codecs, its Redis reads and writes;
-//! - `redis/`: connections (single, Cluster, Sentinel), the per-process runtime and fork
-//!   handling, the pub/sub hub of hand-off notices;
-//! - `owner` (which thread or asyncio task is running), `log` (the `sessionlock` logger),
-//!   `errors` (the exception types and the one mapping to them), `metrics` (the registry a
-//!   scrape reads), `generic` (`types.GenericAlias` for the runtime-generic classes).
+//! - `lock/`: `RedisLock` / `RecommendationLock` and `LockHandle` over the core's
+//!   `lock::LockConfig` and `lock::Handle`;
+//! - `session/`: `RedisSessionManager`, its lock and codecs, its Redis reads and writes
+//!   (its per-session lock is a core `lock::Handle` too);
+//! - `runtime` (pyo3-async-runtimes on the core's fork-aware tokio runtime; the atexit
+//!   shutdown), `owner` (which thread or asyncio task is running), `log` (the `sessionlock`
+//!   logger and the sink of the core's log hook), `errors` (the exception types and the one
+//!   mapping to them), `metrics` (the registry a scrape reads), `generic`
+//!   (`types.GenericAlias` for the runtime-generic classes).
 
 pub mod errors;
 mod generic;
@@ -22,7 +23,7 @@ mod lock;
 mod log;
 pub mod metrics;
 mod owner;
-mod redis;
+mod runtime;
 mod session;
 
 use pyo3::prelude::*;
@@ -37,7 +38,8 @@ fn _sessionlock(m: &Bound<'_, PyModule>) -> PyResult<()> {
     owner::register(m)?;
     metrics::register(m)?;
     sessionlock_core::random::register_fork_handler();
-    let shutdown = wrap_pyfunction!(crate::redis::_shutdown_runtime, m)?;
+    log::install();
+    let shutdown = wrap_pyfunction!(runtime::_shutdown_runtime, m)?;
     m.py()
         .import("atexit")?
         .call_method1("register", (shutdown,))?;

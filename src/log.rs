@@ -1,5 +1,6 @@
-//! Logging through Python's `logging` (logger `sessionlock`): from a thread that holds the
-//! GIL, or detached from a runtime task. Never raises into the caller.
+//! Logging through Python's `logging` (logger `sessionlock`): the binding's own records, and
+//! the sink installed into the core's logging hook (`sessionlock_core::log`), which takes
+//! the GIL for a record (from a runtime task too). Never raises into the caller.
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -31,10 +32,7 @@ pub fn log_exception(py: Python<'_>, msg: &str, err: &PyErr) {
     }
 }
 
-/// `logging` levels used by the Redis lock.
-pub const DEBUG: u8 = 10;
-pub const INFO: u8 = 20;
-pub const WARNING: u8 = 30;
+pub use sessionlock_core::log::{DEBUG, WARNING};
 
 /// Logs through the `sessionlock` logger if it is enabled for `level`; `msg` is built only
 /// then, so a disabled DEBUG line costs one `isEnabledFor` call. Never raises.
@@ -62,8 +60,30 @@ pub fn log_enabled(py: Python<'_>, level: u8) -> bool {
         .unwrap_or(false)
 }
 
-/// [`log`] from a thread that does not hold the GIL (a runtime task). Skipped when the
-/// interpreter is shutting down.
-pub fn log_detached(level: u8, msg: impl FnOnce() -> String) {
-    let _ = Python::try_attach(|py| log(py, level, msg));
+/// The core's records go to the `sessionlock` logger. Each call attaches to the interpreter
+/// (cheap when the calling thread holds the GIL already) and is skipped once it is
+/// shutting down. The core calls it with none of its locks held.
+struct PythonSink;
+
+impl sessionlock_core::log::Sink for PythonSink {
+    fn enabled(&self, level: u8) -> bool {
+        Python::try_attach(|py| log_enabled(py, level)).unwrap_or(false)
+    }
+
+    fn emit(&self, level: u8, msg: String) {
+        let _ = Python::try_attach(|py| {
+            let res = logger(py).and_then(|l| {
+                l.call_method1(pyo3::intern!(py, "log"), (level, msg))?;
+                Ok(())
+            });
+            if let Err(e) = res {
+                e.write_unraisable(py, None);
+            }
+        });
+    }
+}
+
+/// Installs the sink (module init; a second module instance keeps the first sink).
+pub fn install() {
+    sessionlock_core::log::install(Box::new(PythonSink));
 }

@@ -1,25 +1,18 @@
-//! The `RedisLock`, `RecommendationLock` and `LockInfo` pyclasses: argument checks, owner
-//! of the configuration, and the Python surface of the lock.
+//! The `RedisLock`, `RecommendationLock` and `LockInfo` pyclasses: argument conversion and
+//! the Python surface of the core's `lock::LockConfig`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyDict, PyInt, PyString, PyTuple};
 
-use super::config::{check_prefix, key_text, LockConfig, Replication, Route, Stats};
-use super::engine::{HandleInner, HandleState};
 use super::handle::PyLockHandle;
-use super::protocol::{invoke4, FORCE, HOLDER};
 use crate::errors::{Error, Result};
-
 use crate::owner;
-use crate::redis::{process, Target};
-use sessionlock_core::limits::{non_negative_secs, positive_secs};
 use sessionlock_core::lock::scripts::Names;
+use sessionlock_core::lock::{Handle, LockConfig, LockOptions, OwnedHandle};
 
 /// A distributed lock on Redis (see DESIGN.md, "RedisLock and RecommendationLock").
 #[pyclass(
@@ -32,111 +25,51 @@ pub struct PyRedisLock {
     config: Arc<LockConfig>,
 }
 
-#[expect(
-    clippy::too_many_arguments,
-    reason = "mirrors the documented keyword-only signature"
-)]
-fn build_config(
-    url: Option<&str>,
-    prefix: String,
-    ttl: f64,
-    wait: f64,
-    auto_renew: bool,
-    max_hold: Option<f64>,
-    fallback: &str,
-    connect_timeout: f64,
-    min_replicas: i64,
-    replica_timeout: f64,
-) -> Result<LockConfig> {
-    check_prefix(&prefix)?;
-    if min_replicas < 0 {
-        return Err(Error::Value(format!(
-            "min_replicas must be >= 0, got {min_replicas}"
+/// A user key (`str` or `int`) as text.
+fn key_text(key: &Bound<'_, PyAny>) -> Result<String> {
+    let s = if let Ok(s) = key.cast::<PyString>() {
+        s.to_str()?.to_owned()
+    } else if key.is_instance_of::<PyInt>() && !key.is_instance_of::<pyo3::types::PyBool>() {
+        key.str()?.to_str()?.to_owned()
+    } else {
+        return Err(Error::Type(format!(
+            "lock key must be str or int, not {}",
+            key.get_type().name()?
         )));
-    }
-    let replica_timeout = positive_secs("replica_timeout", replica_timeout)?;
-    let replication = (min_replicas > 0).then(|| Replication {
-        replicas: u32::try_from(min_replicas).unwrap_or(u32::MAX),
-        timeout: replica_timeout,
-    });
-    let ttl = positive_secs("ttl", ttl)?;
-    let wait = non_negative_secs("wait", wait)?;
-    let max_hold = max_hold.map(|v| positive_secs("max_hold", v)).transpose()?;
-    let connect_timeout = positive_secs("connect_timeout", connect_timeout)?;
-    let raise = match fallback {
-        "local" => false,
-        "raise" => true,
-        other => {
-            return Err(Error::Value(format!(
-                "fallback must be \"local\" or \"raise\", got {other:?}"
-            )))
-        }
     };
-    let target = Target::resolve(url, &|k| std::env::var(k).ok())?;
-    Ok(LockConfig {
-        target,
-        prefix,
-        ttl,
-        wait,
-        auto_renew,
-        max_hold,
-        raise,
-        connect_timeout,
-        replication,
-        stats: Stats::default(),
-        metrics: sessionlock_core::metrics::Metrics::default(),
-        closed: AtomicBool::new(false),
-        warned_sync_in_loop: AtomicBool::new(false),
-    })
+    if s.is_empty() {
+        return Err(Error::Value("lock key must not be empty".into()));
+    }
+    if s.contains('\0') {
+        return Err(Error::Value("lock key must not contain NUL".into()));
+    }
+    Ok(s)
+}
+
+impl crate::metrics::Source for LockConfig {
+    fn metrics(&self) -> &sessionlock_core::metrics::Metrics {
+        &self.metrics
+    }
+
+    fn snapshot(&self, _py: Python<'_>) -> sessionlock_core::metrics::Snapshot {
+        let mut snap = self.metrics.snapshot("redis");
+        snap.lost = Some(self.stats.lost.load(Ordering::Relaxed));
+        snap.fallback_active = Some(self.metrics.fallback.load(Ordering::Relaxed));
+        snap
+    }
 }
 
 impl PyRedisLock {
-    /// A RedisSessionManager's own lock: reported as part of the manager, never alone.
-    pub(crate) fn hide_from_metrics(&self) {
-        self.config.metrics.hide();
-    }
-
-    pub(crate) fn metrics_part(&self, py: Python<'_>) -> sessionlock_core::metrics::Snapshot {
-        use crate::metrics::Source;
-        self.config.snapshot(py)
-    }
-
-    pub(crate) fn new_handle(
+    fn new_handle(
         &self,
         key: &Bound<'_, PyAny>,
         ttl: Option<f64>,
         wait: Duration,
     ) -> Result<PyLockHandle> {
-        if self.config.closed.load(Ordering::Acquire) {
-            return Err(Error::Py(PyRuntimeError::new_err(
-                "this RedisLock is closed",
-            )));
-        }
         let key = key_text(key)?;
         let ttl = self.config.ttl_for(ttl)?;
-        let full = sessionlock_core::lock::scripts::tagged(&self.config.prefix, &key);
         Ok(PyLockHandle {
-            inner: Arc::new(HandleInner {
-                config: self.config.clone(),
-                names: Names::new(&full),
-                // one entry per Redis target and full key: shared by every RedisLock
-                // (and session manager) of this process that can contend for it
-                held_key: format!("{}\0{}", self.config.target.id(), full),
-                token: sessionlock_core::random::uuid_v4().simple().to_string(),
-                pid: crate::redis::pid(),
-                ttl,
-                wait,
-                state: Mutex::new(HandleState::Pending),
-                lost: AtomicBool::new(false),
-                deadline_ns: AtomicU64::new(0),
-                deadline_moved: tokio::sync::Notify::new(),
-                done: AtomicBool::new(false),
-                abandoned: AtomicBool::new(false),
-                waited_ns: AtomicU64::new(0),
-                held_since: AtomicU64::new(0),
-                last_holder: Mutex::new(None),
-                renew: Mutex::new(None),
-            }),
+            inner: OwnedHandle::new(Handle::new(&self.config, &key, ttl, wait)?),
         })
     }
 
@@ -158,48 +91,13 @@ impl PyRedisLock {
     }
 
     fn names_for(&self, key: &Bound<'_, PyAny>) -> Result<Names> {
-        let key = key_text(key)?;
-        Ok(Names::new(&sessionlock_core::lock::scripts::tagged(
-            &self.config.prefix,
-            &key,
-        )))
+        Ok(self.config.names(&key_text(key)?))
     }
 
-    /// (token, pttl ms) of the holder, from Redis or, in an outage, the local table.
+    /// (token, pttl ms) of the holder (GIL released).
     fn holder_of(&self, py: Python<'_>, names: &Names) -> Result<Option<(String, i64)>> {
         let config = self.config.clone();
-        py.detach(|| match config.route()? {
-            Route::Redis(conn) => {
-                let mut inv = HOLDER.prepare_invoke();
-                inv.key(&names.lock);
-                match conn.sync(|c| inv.invoke::<(String, i64)>(c)) {
-                    Ok((t, p)) => {
-                        config.redis_ok(&conn);
-                        Ok((!t.is_empty()).then_some((t, p)))
-                    }
-                    Err(e) => {
-                        let err = config.redis_failed(&conn, &e);
-                        if config.raise {
-                            return Err(err);
-                        }
-                        Ok(self.local_holder(names))
-                    }
-                }
-            }
-            Route::Local => Ok(self.local_holder(names)),
-        })
-    }
-
-    fn held_key(&self, names: &Names) -> String {
-        format!("{}\0{}", self.config.target.id(), names.lock)
-    }
-
-    /// The holder in this process's table (the lock itself during an outage).
-    fn local_holder(&self, names: &Names) -> Option<(String, i64)> {
-        process()
-            .held
-            .holder(&self.held_key(names))
-            .map(|(t, d)| (t, i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        Ok(py.detach(|| config.holder(names))?)
     }
 }
 
@@ -226,9 +124,9 @@ impl PyRedisLock {
         replica_timeout: f64,
         name: Option<&str>,
     ) -> Result<Self> {
-        let config = Arc::new(build_config(
+        let config = Arc::new(LockConfig::new(&LockOptions {
             url,
-            prefix.to_owned(),
+            prefix: prefix.to_owned(),
             ttl,
             wait,
             auto_renew,
@@ -237,7 +135,7 @@ impl PyRedisLock {
             connect_timeout,
             min_replicas,
             replica_timeout,
-        )?);
+        })?);
         config.metrics.set_name(name);
         let weak = Arc::downgrade(&config);
         crate::metrics::track(weak, prefix);
@@ -286,25 +184,7 @@ impl PyRedisLock {
     fn force_release(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> Result<bool> {
         let names = self.names_for(key)?;
         let config = self.config.clone();
-        py.detach(|| match config.route()? {
-            Route::Redis(conn) => {
-                let inv = invoke4(&FORCE, &names, &[]);
-                match conn.sync(|c| inv.invoke::<i64>(c)) {
-                    Ok(v) => {
-                        config.redis_ok(&conn);
-                        Ok(v == 1)
-                    }
-                    Err(e) => {
-                        let err = config.redis_failed(&conn, &e);
-                        if config.raise {
-                            return Err(err);
-                        }
-                        Ok(process().held.force_release(&self.held_key(&names)))
-                    }
-                }
-            }
-            Route::Local => Ok(process().held.force_release(&self.held_key(&names))),
-        })
+        Ok(py.detach(|| config.force_release(&names))?)
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

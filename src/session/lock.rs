@@ -1,7 +1,6 @@
 //! The `RedisSessionLock` pyclass: one session's distributed lock, re-entrant for its owner,
 //! writing back the session on exit only when it changed.
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,12 +11,29 @@ use pyo3::types::{PyBytes, PyType};
 use super::manager::helpers;
 use super::store::{bump, SessionStore, Token, FOREVER};
 use crate::errors::{Error, Result};
-use crate::lock::PyLockHandle;
 use crate::log;
 use crate::owner::current_owner;
-use crate::redis::ForkSafeRuntime;
+use crate::runtime::ForkSafeRuntime;
 use sessionlock_core::limits;
 use sessionlock_core::local::keylock::Owner;
+use sessionlock_core::lock::{Handle, OwnedHandle};
+
+/// An acquisition of a session lock between `_astart` (on the runtime) and `_aregister`
+/// (on the loop's thread), passed through the private Python helper. Dropped before it was
+/// registered (the task was cancelled in between), it gives the lock back at once instead
+/// of leaving a lease that runs out only after `lock_ttl`.
+#[pyclass(frozen, module = "sessionlock._sessionlock", name = "_SessionHold")]
+pub struct PySessionHold {
+    handle: Mutex<Option<OwnedHandle>>,
+}
+
+impl Drop for PySessionHold {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.get_mut().take() {
+            h.abandon();
+        }
+    }
+}
 
 /// One `with` level: what was read on entry, so the exit writes back only real changes.
 struct Frame {
@@ -279,13 +295,11 @@ impl PyRedisSessionLock {
             }
             let mut lost = false;
             if let Some(h) = handle {
-                let inner = h.get().inner.clone();
-                let _ = inner.release_async().await;
-                lost = inner.is_lost();
+                let _ = h.release_async().await;
+                lost = h.is_lost();
                 if lost {
                     bump(&st.stats.lock_lost);
                 }
-                Python::attach(|_| drop(h));
             }
             if result.is_ok() && clean && lost {
                 result = Err(Error::Lost(format!(
@@ -341,8 +355,8 @@ impl PyRedisSessionLock {
         let handle = if reentrant {
             None
         } else {
-            let h = st.new_handle(py, &self.sid, wait)?;
-            let claimed = h.get().claim()?;
+            let h = st.new_handle(&self.sid, wait)?;
+            let claimed = h.claim()?;
             Some((h, claimed))
         };
         let key = st.key(&self.sid);
@@ -351,12 +365,18 @@ impl PyRedisSessionLock {
             let started = Instant::now();
             let mut out_handle = None;
             if let Some((h, claimed)) = handle {
-                let inner = h.get().inner.clone();
-                let got = PyLockHandle::settle(inner, claimed, debug).await?;
+                let got = h
+                    .shared()
+                    .settle(claimed, debug)
+                    .await
+                    .map_err(Error::from)?;
                 st.record_wait(started, got);
                 if !got {
                     return Python::attach(|py| -> PyResult<Py<PyAny>> {
-                        Ok((h, py.None()).into_pyobject(py)?.into_any().unbind())
+                        Ok((PySessionHold::new(h), py.None())
+                            .into_pyobject(py)?
+                            .into_any()
+                            .unbind())
                     });
                 }
                 out_handle = Some(h);
@@ -366,8 +386,7 @@ impl PyRedisSessionLock {
                     Ok(r) => r,
                     Err(e) => {
                         if let Some(h) = out_handle {
-                            let inner = h.get().inner.clone();
-                            let _ = inner.release_async().await;
+                            let _ = h.release_async().await;
                         }
                         return Err(e.into());
                     }
@@ -377,7 +396,8 @@ impl PyRedisSessionLock {
             };
             Python::attach(|py| -> PyResult<Py<PyAny>> {
                 let raw = raw.map(|r| PyBytes::new(py, &r).into_any().unbind());
-                Ok((out_handle, raw).into_pyobject(py)?.into_any().unbind())
+                let hold = out_handle.map(PySessionHold::new);
+                Ok((hold, raw).into_pyobject(py)?.into_any().unbind())
             })
         };
         Ok(pyo3_async_runtimes::generic::future_into_py::<
@@ -389,7 +409,7 @@ impl PyRedisSessionLock {
 
     /// Second half of an async acquisition, on the loop's thread: records the hold.
     /// Returns False if the wait ran out.
-    fn _aregister(&self, py: Python<'_>, handle: Option<Py<PyLockHandle>>) -> Result<bool> {
+    fn _aregister(&self, py: Python<'_>, handle: Option<&PySessionHold>) -> Result<bool> {
         let (owner, _) = current_owner(py)?;
         match handle {
             None => {
@@ -402,8 +422,11 @@ impl PyRedisSessionLock {
                     _ => Err(Error::NotOwned("re-entered a hold that is gone".into())),
                 }
             }
-            Some(h) => {
-                if !h.get().is_acquired() {
+            Some(hold) => {
+                let Some(h) = hold.handle.lock().take() else {
+                    return Err(Error::NotOwned("this hold was registered already".into()));
+                };
+                if !h.is_acquired() {
                     return Ok(false);
                 }
                 self.st.register(&self.sid, owner, h);
@@ -561,15 +584,21 @@ impl PyRedisSessionLock {
     }
 }
 
+impl PySessionHold {
+    fn new(handle: OwnedHandle) -> Self {
+        Self {
+            handle: Mutex::new(Some(handle)),
+        }
+    }
+}
+
 impl PyRedisSessionLock {
     fn release_async<'py>(&self, py: Python<'py>) -> Result<Bound<'py, PyAny>> {
         let (owner, _) = current_owner(py)?;
         let handle = self.st.unregister(&self.sid, owner)?;
         let fut = async move {
             if let Some(h) = handle {
-                let inner = h.get().inner.clone();
-                let _ = inner.release_async().await;
-                Python::attach(|_| drop(h));
+                let _ = h.release_async().await;
             }
             Ok(())
         };
@@ -585,11 +614,11 @@ async fn awrite_back(
     st: &SessionStore,
     sid: &str,
     t: &Token,
-    inner: &crate::lock::HandleInner,
+    inner: &Handle,
     body: &[u8],
 ) -> Result<bool> {
     if inner.is_lost() {
-        return Err(inner.lost_error());
+        return Err(inner.lost_error().into());
     }
     let key = st.key(sid);
     let inv = st.write_back_inv(&key, t, body);
@@ -606,8 +635,8 @@ async fn awrite_back(
         }
         0 => Ok(false),
         _ => {
-            inner.lost.store(true, Ordering::Release);
-            Err(inner.lost_error())
+            inner.set_lost();
+            Err(inner.lost_error().into())
         }
     }
 }

@@ -17,11 +17,11 @@ use super::lock::PyRedisSessionLock;
 use super::store::{bump, sid_of_key, state_of, SessionStore, Stats, TOUCH};
 use crate::errors::{Error, Result};
 use crate::local::args::{check_callable, session_id as checked_id};
-use crate::lock::PyRedisLock;
 use crate::log::{self, WARNING};
 use crate::owner::current_owner;
-use crate::redis::Target;
 use sessionlock_core::limits;
+use sessionlock_core::lock::{LockConfig, LockOptions};
+use sessionlock_core::redis::Target;
 use sessionlock_core::session::scripts;
 use sessionlock_core::session::value::Signer;
 
@@ -152,21 +152,23 @@ impl PyRedisSessionManager {
         }
         let target = Target::resolve(url, &|k| std::env::var(k).ok())?;
         let lock_prefix = scripts::lock_prefix(&prefix);
-        let kw = PyDict::new(py);
-        kw.set_item("prefix", &lock_prefix)?;
-        kw.set_item("ttl", lock_ttl_d.as_secs_f64())?;
-        kw.set_item("wait", lock_wait_d.as_secs_f64())?;
-        kw.set_item("fallback", "raise")?;
-        // the session lock's acquires and renewals wait for the replicas (checked there)
-        kw.set_item("min_replicas", min_replicas)?;
-        kw.set_item("replica_timeout", replica_timeout)?;
-        let lock = py
-            .get_type::<PyRedisLock>()
-            .call((url,), Some(&kw))?
-            .cast_into::<PyRedisLock>()
-            .map_err(PyErr::from)?
-            .unbind();
-        lock.get().hide_from_metrics();
+        // The session locks: the core's lock engine, raising instead of falling back (a
+        // process-local lock would not protect a session other processes share). Their
+        // acquires and renewals wait for the replicas (checked there).
+        let lock = Arc::new(LockConfig::new(&LockOptions {
+            url,
+            prefix: lock_prefix.clone(),
+            ttl: lock_ttl_d.as_secs_f64(),
+            wait: lock_wait_d.as_secs_f64(),
+            auto_renew: true,
+            max_hold: None,
+            fallback: "raise",
+            connect_timeout: 1.0,
+            min_replicas,
+            replica_timeout,
+        })?);
+        // reported as part of the manager, never on its own
+        lock.metrics.hide();
         let state = SessionStore {
             target,
             prefix,

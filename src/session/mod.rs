@@ -2,9 +2,9 @@
 //! backed by Redis, for sessions shared by uvicorn workers and servers.
 //!
 //! The stored format is the core's `session::value`, the scripts its `session::scripts`; the
-//! connections (and their pool, runtime and fork handling) are `crate::redis`'s and the
-//! per-session lock is a `RedisLock` (`crate::lock`) with `fallback="raise"`: sessions
-//! never fall back to process memory. This folder converts arguments, runs the codec (Python
+//! connections (and their pool, runtime and fork handling) are the core's `redis`, and the
+//! per-session lock is the core's lock engine (`lock::LockConfig` with `fallback="raise"`,
+//! one `lock::Handle` per hold): sessions never fall back to process memory. This folder converts arguments, runs the codec (Python
 //! code, always with no Rust lock held), releases the GIL around every round trip, and keeps
 //! the one piece of in-process state: which thread or task of this process holds which
 //! session lock, so that the owner can re-enter (`update()` inside `with mgr.lock(sid)`).
@@ -16,7 +16,8 @@
 //! - `store.rs`: the shared state and every Redis read and write (`SessionStore`);
 //! - `codec.rs`: values to payloads and back (JSON or pickle);
 //! - `manager.rs`: the `RedisSessionManager` pyclass;
-//! - `lock.rs`: the `RedisSessionLock` pyclass.
+//! - `lock.rs`: the `RedisSessionLock` pyclass (and `_SessionHold`, an acquisition on its
+//!   way from the runtime to the loop's thread).
 
 mod codec;
 mod lock;

@@ -10,15 +10,14 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::PyString;
 use redis::Script;
 
 use super::codec::Codec;
 use crate::errors::{Error, Result};
-use crate::lock::{PyLockHandle, PyRedisLock};
 use crate::owner::thread_id;
-use crate::redis::{process, Conn, Target};
 use sessionlock_core::local::keylock::Owner;
+use sessionlock_core::lock::{Handle, LockConfig, OwnedHandle};
+use sessionlock_core::redis::{process, Conn, SyncConn, Target};
 use sessionlock_core::session::scripts;
 use sessionlock_core::session::value::Signer;
 
@@ -66,7 +65,7 @@ pub(super) fn bump(c: &AtomicU64) {
 /// A session lock held by a thread or task of this process.
 pub(super) struct Held {
     pub(super) owner: Owner,
-    handle: Py<PyLockHandle>,
+    handle: OwnedHandle,
     pub(super) depth: u32,
     /// `get_or_create` is running the factory under this hold.
     pub(super) creating: bool,
@@ -85,7 +84,9 @@ pub(super) struct SessionStore {
     /// Server clock minus this machine's, in ms, as last reported by a `skew` reply: what a
     /// proposed absolute deadline is corrected by (relaxed: a stale value only costs a retry).
     pub(super) clock_offset_ms: AtomicI64,
-    pub(super) lock: Py<PyRedisLock>,
+    /// The session locks' configuration (the core's lock engine, `fallback="raise"`; the
+    /// manager reports its counters as its own).
+    pub(super) lock: Arc<LockConfig>,
     pub(super) lock_prefix: String,
     pub(super) stats: Stats,
     pub(super) metrics: sessionlock_core::metrics::Metrics,
@@ -124,7 +125,7 @@ impl SessionStore {
     }
 
     pub(super) fn conn(&self) -> Result<Arc<Conn>> {
-        process().conn(&self.target, self.connect_timeout)
+        Ok(process().conn(&self.target, self.connect_timeout)?)
     }
 
     pub(super) fn map_err(&self, conn: &Conn, e: &redis::RedisError) -> Error {
@@ -155,7 +156,7 @@ impl SessionStore {
     pub(super) fn call<T: Send>(
         &self,
         py: Python<'_>,
-        f: impl Fn(&mut crate::redis::SyncConn) -> redis::RedisResult<T> + Send + Sync,
+        f: impl Fn(&mut SyncConn) -> redis::RedisResult<T> + Send + Sync,
     ) -> Result<T> {
         let conn = self.conn()?;
         py.detach(|| {
@@ -440,18 +441,14 @@ impl SessionStore {
         Ok(false)
     }
 
-    pub(super) fn token_of(
-        &self,
-        sid: &str,
-        owner: Owner,
-    ) -> Option<(Token, Arc<crate::lock::HandleInner>)> {
+    pub(super) fn token_of(&self, sid: &str, owner: Owner) -> Option<(Token, Arc<Handle>)> {
         let held = self.held.lock();
         let h = held.get(sid).filter(|h| h.owner == owner)?;
-        let inner = h.handle.get().inner.clone();
+        let inner = h.handle.shared();
         Some((
             Token {
-                lock_key: inner.names.lock.clone(),
-                token: inner.token.clone(),
+                lock_key: inner.names().lock.clone(),
+                token: inner.token().to_owned(),
             },
             inner,
         ))
@@ -463,7 +460,7 @@ impl SessionStore {
         }
     }
 
-    pub(super) fn register(&self, sid: &str, owner: Owner, handle: Py<PyLockHandle>) {
+    pub(super) fn register(&self, sid: &str, owner: Owner, handle: OwnedHandle) {
         let old = self.held.lock().insert(
             sid.to_owned(),
             Held {
@@ -478,7 +475,7 @@ impl SessionStore {
 
     /// Drops one level of `owner`'s hold; returns the handle to release when it was the
     /// last level. `LockNotOwned` if `owner` does not hold `sid`.
-    pub(super) fn unregister(&self, sid: &str, owner: Owner) -> Result<Option<Py<PyLockHandle>>> {
+    pub(super) fn unregister(&self, sid: &str, owner: Owner) -> Result<Option<OwnedHandle>> {
         let mut held = self.held.lock();
         match held.get_mut(sid) {
             Some(h) if h.owner == owner => {
@@ -496,17 +493,14 @@ impl SessionStore {
         }
     }
 
-    pub(super) fn new_handle(
-        &self,
-        py: Python<'_>,
-        sid: &str,
-        wait: Duration,
-    ) -> Result<Py<PyLockHandle>> {
-        let h = self
-            .lock
-            .get()
-            .new_handle(PyString::new(py, sid).as_any(), None, wait)?;
-        Ok(Py::new(py, h)?)
+    /// A pending handle on the session's lock (the core's lock engine).
+    pub(super) fn new_handle(&self, sid: &str, wait: Duration) -> Result<OwnedHandle> {
+        Ok(OwnedHandle::new(Handle::new(
+            &self.lock,
+            sid,
+            self.lock.ttl,
+            wait,
+        )?))
     }
 
     pub(super) fn record_wait(&self, started: Instant, got: bool) {
@@ -537,9 +531,9 @@ impl SessionStore {
             return Ok(true);
         }
         let started = Instant::now();
-        let handle = self.new_handle(py, sid, wait)?;
-        handle.get().acquire_blocking(py)?;
-        let got = handle.get().is_acquired();
+        let handle = self.new_handle(sid, wait)?;
+        crate::lock::acquire_blocking(py, &handle)?;
+        let got = handle.is_acquired();
         self.record_wait(started, got);
         if got {
             self.register(sid, owner, handle);
@@ -552,9 +546,8 @@ impl SessionStore {
         let Some(handle) = self.unregister(sid, owner)? else {
             return Ok(false);
         };
-        let inner = handle.get().inner.clone();
-        let _ = py.detach(|| inner.release_sync());
-        let lost = inner.is_lost();
+        let _ = py.detach(|| handle.release_sync());
+        let lost = handle.is_lost();
         if lost {
             bump(&self.stats.lock_lost);
         }
@@ -576,7 +569,7 @@ impl SessionStore {
             ))
         })?;
         if inner.is_lost() {
-            return Err(inner.lost_error());
+            return Err(inner.lost_error().into());
         }
         let key = self.key(sid);
         let inv = self.write_back_inv(&key, &t, body);
@@ -587,8 +580,8 @@ impl SessionStore {
             }
             0 => Ok(false),
             _ => {
-                inner.lost.store(true, Ordering::Release);
-                Err(inner.lost_error())
+                inner.set_lost();
+                Err(inner.lost_error().into())
             }
         }
     }
@@ -617,7 +610,7 @@ impl crate::metrics::Source for SessionStore {
     fn snapshot(&self, py: Python<'_>) -> sessionlock_core::metrics::Snapshot {
         let s = &self.stats;
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let lock = self.lock.get().metrics_part(py);
+        let lock = self.lock.snapshot(py);
         let own = load(&self.metrics.redis_errors);
         sessionlock_core::metrics::Snapshot {
             kind: "session",

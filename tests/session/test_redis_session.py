@@ -816,6 +816,34 @@ def test_cancelled_async_waiter_leaves_no_trace(mgr: Mgr, redis_url: str) -> Non
     assert mgr.get_session(sid) == {"n": 1}
 
 
+def test_an_acquisition_never_registered_gives_the_lock_back(mgr: Mgr, redis_url: str) -> None:
+    """A task cancelled after its acquisition completed on the runtime but before the loop
+    registered it (the window between ``_astart`` and ``_aregister``) must not leave the
+    session locked until the lease runs out (lock_ttl=5 s here)."""
+    import gc
+
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    sid = mgr.create_session({"n": 0})
+    lock = mgr.lock(sid)
+
+    async def main() -> None:
+        hold, raw = await lock._astart(None, False)  # type: ignore[attr-defined]
+        assert hold is not None and raw is None
+        assert client.exists(lock.key) == 1
+        del hold  # the cancelled task's frame goes away: never registered
+        gc.collect()
+        deadline = time.monotonic() + 2.0
+        while client.exists(lock.key) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # sleep-ok: polling another client's view of Redis
+        assert client.exists(lock.key) == 0, "still locked: the lease was left to run out"
+        assert await lock.acquire_async(timeout=0.5)
+        lock.release()
+
+    asyncio.run(asyncio.wait_for(main(), 10))
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_works_in_a_forked_child(mgr: Mgr) -> None:
     sid = mgr.create_session({"n": 0})

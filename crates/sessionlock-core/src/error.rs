@@ -1,4 +1,4 @@
-//! The core's error type: what a bad argument or a broken rule is, without saying which
+//! The core's error type: what a bad argument, a broken rule or a failed wait is, without saying which
 //! Python exception it becomes (the binding maps each variant to one, in one place).
 
 /// An error of the core.
@@ -10,12 +10,26 @@ pub enum Error {
     Value(String),
     /// A number too large to represent (Python `OverflowError`).
     Overflow(String),
+    /// A wait ran out (`LockTimeout`).
+    Timeout(String),
+    /// A lock's lease was lost while held (`LockLost`).
+    Lost(String),
+    /// Redis could not be reached or did not do what was asked (`RedisUnavailable`).
+    Unavailable(String),
+    /// An object used in a state that does not allow it (Python `RuntimeError`).
+    State(String),
 }
 
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Error::Type(m) | Error::Value(m) | Error::Overflow(m) => f.write_str(m),
+            Error::Type(m)
+            | Error::Value(m)
+            | Error::Overflow(m)
+            | Error::Timeout(m)
+            | Error::Lost(m)
+            | Error::Unavailable(m)
+            | Error::State(m) => f.write_str(m),
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod error;
 pub mod limits;
 pub mod local;
 pub mod lock;
+pub mod log;
 pub mod metrics;
 pub mod random;
 pub mod redis;

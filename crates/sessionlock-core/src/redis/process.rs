@@ -1,40 +1,38 @@
 //! The per-process state every Redis object hangs off (`Process`: the tokio runtime, the
-//! per-URL connections, the held-keys table), the fork rules, and the glue that runs
-//! pyo3-async-runtimes awaitables on that runtime.
+//! per-URL connections, the held-keys table) and the fork rules.
 //!
 //! Fork safety: all of it hangs off one `Process` value tagged with the pid that built it.
-//! A child after `os.fork()` finds a foreign pid, leaks the parent's value (its threads do
+//! A child after `fork()` finds a foreign pid, leaks the parent's value (its threads do
 //! not exist in the child, so dropping it could block) and builds its own.
+//!
+//! Locks: `PROCESS` and `Process::conns` are held only to look up or insert a value, never
+//! across I/O or a call out of this module.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use pyo3::prelude::*;
-use pyo3_async_runtimes::generic::{ContextExt, Runtime as GenericRuntime};
-use pyo3_async_runtimes::TaskLocals;
-use sessionlock_core::lock::held_keys::HeldKeys;
 
 use super::conn::{io_timeout_for, Conn, Outage};
 use super::pubsub::Hub;
 use super::source::Source;
-use super::Target;
-use crate::errors::{Error, Result};
+use super::target::Target;
+use crate::error::{Error, Result};
+use crate::lock::held_keys::HeldKeys;
 
 /// The per-process state. Built lazily, rebuilt after fork.
 pub struct Process {
     pid: u32,
     /// Where tasks are spawned; keeps working (spawns are refused) once the runtime is shut.
     pub handle: tokio::runtime::Handle,
-    /// Owned here so that `shutdown_runtime` can stop it before the interpreter finalizes.
+    /// Owned here so that [`take_runtime`] can stop it before the host (the Python
+    /// interpreter) finalizes.
     runtime: Mutex<Option<tokio::runtime::Runtime>>,
     conns: Mutex<HashMap<String, Arc<Conn>>>,
-    /// The keys this process holds or waits for (the core's `lock::held_keys`): fresh in a forked child,
-    /// so a child never waits behind, or releases, what its parent holds.
+    /// The keys this process holds or waits for (`lock::held_keys`): fresh in a forked
+    /// child, so a child never waits behind, or releases, what its parent holds.
     pub held: Arc<HeldKeys>,
 }
 
@@ -98,23 +96,17 @@ pub fn process() -> Arc<Process> {
     p
 }
 
-/// Stops this process's runtime; registered with `atexit`. CPython ends any thread that
-/// tries to take the GIL once finalization has begun, and a runtime thread completing an
-/// asyncio future then (pyo3-async-runtimes' `set_result`) dies inside Rust frames, which
-/// aborts the whole process. atexit runs before finalization, so after this no runtime
-/// thread is left to try. Tasks still in flight are dropped: leases they held run out.
-#[pyfunction]
-pub fn _shutdown_runtime(py: Python<'_>) {
-    let current = PROCESS.lock().clone();
-    let Some(p) = current else { return };
-    if p.pid != pid() {
-        return; // a forked child that never used Redis: the parent's runtime is not ours
+/// Takes this process's runtime out so the caller can shut it down (the binding does so
+/// from an `atexit` hook, with the GIL released). `None` if there is none, it was taken
+/// already, or it is a forked child's copy of the parent's (not ours to stop). Tasks still
+/// in flight are dropped with it: leases they held run out.
+pub fn take_runtime() -> Option<tokio::runtime::Runtime> {
+    let current = PROCESS.lock().clone()?;
+    if current.pid != pid() {
+        return None;
     }
-    let runtime = p.runtime.lock().take();
-    if let Some(rt) = runtime {
-        // Runtime threads may need the GIL to finish what they are doing: let them have it.
-        py.detach(move || rt.shutdown_timeout(Duration::from_secs(1)));
-    }
+    let rt = current.runtime.lock().take();
+    rt
 }
 
 impl Process {
@@ -140,49 +132,5 @@ impl Process {
         });
         map.insert(target.url().to_owned(), c.clone());
         Ok(c)
-    }
-}
-
-/// pyo3-async-runtimes glue: awaitables run on this process's runtime (fork-aware), not on
-/// the crate's global one, which cannot be rebuilt in a forked child.
-pub struct ForkSafeRuntime;
-
-tokio::task_local! {
-    static TASK_LOCALS: std::cell::OnceCell<TaskLocals>;
-}
-
-impl GenericRuntime for ForkSafeRuntime {
-    type JoinError = tokio::task::JoinError;
-    type JoinHandle = tokio::task::JoinHandle<()>;
-
-    fn spawn<F>(fut: F) -> Self::JoinHandle
-    where
-        F: Future<Output = ()> + Send + 'static,
-    {
-        process().handle.spawn(fut)
-    }
-
-    fn spawn_blocking<F>(f: F) -> Self::JoinHandle
-    where
-        F: FnOnce() + Send + 'static,
-    {
-        process().handle.spawn_blocking(f)
-    }
-}
-
-impl ContextExt for ForkSafeRuntime {
-    fn scope<F, R>(locals: TaskLocals, fut: F) -> Pin<Box<dyn Future<Output = R> + Send>>
-    where
-        F: Future<Output = R> + Send + 'static,
-    {
-        let cell = std::cell::OnceCell::new();
-        let _ = cell.set(locals);
-        Box::pin(TASK_LOCALS.scope(cell, fut))
-    }
-
-    fn get_task_locals() -> Option<TaskLocals> {
-        TASK_LOCALS
-            .try_with(|c| c.get().cloned())
-            .unwrap_or_default()
     }
 }

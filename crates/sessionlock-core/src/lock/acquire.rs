@@ -1,90 +1,24 @@
-//! A handle's state (`HandleInner`) and its acquisition: the sync loop (steps with the GIL
-//! released), the async loop, the in-process table first and Redis second, waits for
+//! A handle's acquisition: the blocking loop (in bounded steps, the host's interrupt check
+//! in between), the async loop, the in-process table first and Redis second, waits for
 //! hand-off notices, the local fallback, and what an outcome does to the handle.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
-use pyo3::prelude::*;
-
-use super::config::{is_unreplicated, unreplicated, Backend, LockConfig, Route};
+use super::config::{is_unreplicated, unreplicated, Backend, Route};
+use super::handle::{to_ns, Handle, HandleState};
+use super::held_keys::Entry;
+use super::lease::lease_end;
 use super::protocol::{
     invoke4, ms, ACQUIRE, CANCEL, CLAIM, EXTEND, GRACE, HEARTBEAT, RELEASE, STEP,
 };
-use crate::errors::{Error, Result};
-use crate::log::{self, DEBUG, WARNING};
-use crate::redis::{process, Conn, Notice};
-use sessionlock_core::lock::held_keys::Entry;
-use sessionlock_core::lock::lease::lease_end;
-use sessionlock_core::lock::scripts::{parse_attempt, Attempt, Names};
+use super::scripts::{parse_attempt, Attempt};
+use crate::error::{Error, Result};
+use crate::log::{self, DEBUG};
+use crate::redis::{process, Conn, Notice, WaitGuard};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum HandleState {
-    /// Created inside a running loop; nothing asked yet.
-    Pending,
-    /// An acquisition is running.
-    Acquiring,
-    Held {
-        backend: Backend,
-        fence: Option<i64>,
-    },
-    NotAcquired {
-        backend: Backend,
-    },
-    Released {
-        backend: Backend,
-        fence: Option<i64>,
-    },
-}
-
-/// Zero point of the lease deadlines kept in atomics (as nanoseconds since it).
-static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
-
-fn to_ns(t: Instant) -> u64 {
-    u64::try_from(t.saturating_duration_since(*EPOCH).as_nanos())
-        .unwrap_or(u64::MAX)
-        .max(1)
-}
-
-pub(super) const LEASE_RAN_OUT: &str =
-    "its lease deadline passed before a renewal was confirmed (Redis unreachable, too slow, or the renewal stopped)";
-
-pub(crate) struct HandleInner {
-    pub(super) config: Arc<LockConfig>,
-    pub(crate) names: Names,
-    /// This handle's key in the in-process table (the core's `lock::held_keys`): target and full key.
-    pub(super) held_key: String,
-    pub(crate) token: String,
-    /// The process that made the handle. In a forked child the handle is inert: it
-    /// never touches the parent's lease.
-    pub(super) pid: u32,
-    pub(super) ttl: Duration,
-    pub(super) wait: Duration,
-    pub(super) state: Mutex<HandleState>,
-    /// Sticky: once set it is never cleared, so a late renewal reply cannot resurrect
-    /// the handle.
-    pub(crate) lost: AtomicBool,
-    /// The local lease deadline (`to_ns`), 0 until held. Written by the acquisition, the
-    /// renewal and `extend`, each only after checking `lost`; read by everyone.
-    pub(super) deadline_ns: AtomicU64,
-    /// Wakes the lease task when `extend` moved the deadline.
-    pub(super) deadline_moved: tokio::sync::Notify,
-    /// Released or abandoned: the renewal stops and reports nothing any more.
-    pub(super) done: AtomicBool,
-    /// The awaitable of a pending acquisition was cancelled: a lock obtained anyway (the
-    /// hand-off raced the cancellation) is released at once instead of becoming a ghost.
-    pub(super) abandoned: AtomicBool,
-    pub(super) waited_ns: AtomicU64,
-    /// When the hold began (`metrics::stamp`), for the hold histogram.
-    pub(super) held_since: AtomicU64,
-    /// Holder seen while waiting (for the LockTimeout message).
-    pub(super) last_holder: Mutex<Option<String>>,
-    pub(super) renew: Mutex<Option<tokio::task::AbortHandle>>,
-}
-
-pub(super) enum Outcome {
+pub(crate) enum Outcome {
     /// `until`: the local lease deadline; `claimed`: false for a hand-off whose claim the
     /// lease task still has to send (the deadline is then the claim window's).
     Held {
@@ -109,9 +43,9 @@ fn held_outcome(backend: Backend, fence: Option<i64>, until: Instant, entry: Ent
 }
 
 /// Where a contended wait stands between steps.
-pub(super) struct Waiting {
-    pub(super) conn: Arc<Conn>,
-    guard: crate::redis::WaitGuard,
+pub(crate) struct Waiting {
+    conn: Arc<Conn>,
+    guard: WaitGuard,
     /// When to run the acquire script again (refresh, or the holder's lease ends).
     recheck_at: Instant,
     /// The last acquire that found the lock taken (and queued us): when it was sent and
@@ -120,15 +54,15 @@ pub(super) struct Waiting {
 }
 
 /// Where a sync acquisition stands between steps (each step runs with the GIL released).
-pub(super) struct Acquiring {
+pub(crate) struct Acquiring {
     /// The in-process table entry, taken or queued for.
-    pub(super) entry: Option<Entry>,
-    pub(super) waiting: Option<Waiting>,
+    entry: Option<Entry>,
+    waiting: Option<Waiting>,
     /// Redis is unreachable: the table entry is the whole lock.
-    pub(super) local: bool,
+    local: bool,
 }
 
-impl HandleInner {
+impl Handle {
     fn sleep_until_for(pttl: i64) -> Duration {
         match pttl {
             p if p >= 0 => Duration::from_millis(u64::try_from(p).unwrap_or(0) + 1).min(HEARTBEAT),
@@ -147,65 +81,6 @@ impl HandleInner {
             ms(self.ttl).to_string(),
             queue.map_or_else(|| "0".to_owned(), Self::queue_ms),
         ]
-    }
-
-    /// Whether this is a forked child's copy of a parent's handle.
-    pub(super) fn inherited(&self) -> bool {
-        self.pid != crate::redis::pid()
-    }
-
-    pub(super) fn warn_inherited(&self, what: &str) {
-        let key = self.names.lock.clone();
-        let (pid, me) = (self.pid, crate::redis::pid());
-        let what = what.to_owned();
-        log::log_detached(WARNING, || {
-            format!(
-                "sessionlock: {what} on a LockHandle for {key:?} inherited from process {pid} \
-                 by forked process {me}: ignored, the parent's lease is untouched"
-            )
-        });
-    }
-
-    pub(super) fn deadline(&self) -> Instant {
-        *EPOCH + Duration::from_nanos(self.deadline_ns.load(Ordering::Acquire))
-    }
-
-    /// Marks the handle lost if it is held and its local lease deadline has passed (the
-    /// lease task does the same on a timer; this makes `lost` exact when asked).
-    pub(super) fn check_deadline(&self) {
-        if self.deadline_ns.load(Ordering::Acquire) != 0
-            && !self.done.load(Ordering::Acquire)
-            && !self.lost.load(Ordering::Acquire)
-            && !self.inherited()
-            && Instant::now() >= self.deadline()
-        {
-            self.mark_lost(LEASE_RAN_OUT);
-        }
-    }
-
-    /// Lost: the renewal saw the key gone or taken, or the local lease deadline passed.
-    pub(crate) fn is_lost(&self) -> bool {
-        self.check_deadline();
-        self.lost.load(Ordering::Acquire)
-    }
-
-    /// Records a lease confirmed until `until` (a renewal or `extend` that Redis, or the
-    /// in-process table, accepted). Refused once lost or once the old deadline passed:
-    /// a reply that comes back after the deadline never resurrects the handle.
-    pub(super) fn confirm(&self, until: Instant) -> bool {
-        if self.is_lost() {
-            return false;
-        }
-        if !process()
-            .held
-            .set_deadline(&self.held_key, &self.token, until)
-        {
-            self.mark_lost(LEASE_RAN_OUT);
-            return false;
-        }
-        self.deadline_ns.store(to_ns(until), Ordering::Release);
-        self.deadline_moved.notify_one();
-        true
     }
 
     fn run_acquire_sync(
@@ -272,7 +147,7 @@ impl HandleInner {
     /// The extend script, and with `min_replicas` its WAIT: Ok(true) renewed (and
     /// acknowledged), Ok(false) not ours any more, Err an error or too few replicas (the
     /// renewal then does not count: the local deadline is not moved).
-    pub(super) async fn run_extend_async(
+    pub(crate) async fn run_extend_async(
         &self,
         conn: &Conn,
         ttl: Duration,
@@ -292,7 +167,7 @@ impl HandleInner {
         Ok(v == 1)
     }
 
-    pub(super) fn extend_inv(&self, ttl: Duration) -> redis::ScriptInvocation<'static> {
+    pub(crate) fn extend_inv(&self, ttl: Duration) -> redis::ScriptInvocation<'static> {
         let mut inv = EXTEND.prepare_invoke();
         inv.key(&self.names.lock)
             .key(&self.names.fence)
@@ -322,7 +197,7 @@ impl HandleInner {
         let key = self.names.lock.clone();
         let token = self.token.clone();
         let holder = holder.to_owned();
-        log::log_detached(DEBUG, || {
+        log::log(DEBUG, || {
             format!("sessionlock: waiting for {key:?} (token {token}): held by {holder}, {pttl} ms left")
         });
     }
@@ -337,13 +212,79 @@ impl HandleInner {
         entry
     }
 
-    /// One bounded step of a sync acquisition (GIL released by the caller).
+    /// Runs a pending acquisition on this thread, blocking, and returns whether the lock is
+    /// held. `interrupted` is called between steps (at least every `STEP`): an error from it
+    /// (the binding's pending `KeyboardInterrupt`) withdraws the wait, leaves the handle
+    /// pending, and is returned. A handle already settled is not acquired again. Logs the
+    /// outcome when `log_outcome`.
+    ///
+    /// The caller must not hold anything another thread needs to release this lock (the
+    /// binding calls it with the GIL released).
+    pub fn acquire_blocking<E: From<Error>>(
+        self: &Arc<Self>,
+        mut interrupted: impl FnMut() -> std::result::Result<(), E>,
+    ) -> std::result::Result<bool, E> {
+        if !self.claim()? {
+            return Ok(self.is_acquired());
+        }
+        let started = Instant::now();
+        let deadline = started + self.wait;
+        let mut acq = Acquiring {
+            entry: None,
+            waiting: None,
+            local: false,
+        };
+        let outcome = loop {
+            match self.step_sync(deadline, &mut acq) {
+                Ok(Some(o)) => break o,
+                Ok(None) => {}
+                Err(e) => {
+                    drop(acq); // gives the table entry back
+                    *self.state.lock() = HandleState::Pending;
+                    return Err(e.into());
+                }
+            }
+            if let Err(e) = interrupted() {
+                if let Some(w) = acq.waiting.take() {
+                    let conn = w.conn.clone();
+                    drop(w);
+                    let _ = self.cancel_sync(&conn);
+                }
+                drop(acq);
+                *self.state.lock() = HandleState::Pending;
+                return Err(e);
+            }
+        };
+        drop(acq);
+        Ok(self.finish(outcome, started))
+    }
+
+    /// Settles a handle asynchronously: runs the acquisition if `claimed` (see
+    /// [`Handle::claim`]), and resolves to whether the lock is held. On an error the
+    /// handle is pending again. Logs the outcome at DEBUG when `log_outcome` (the binding
+    /// decides on the loop's thread, so the runtime thread logs only when asked to).
+    pub async fn settle(self: Arc<Self>, claimed: bool, log_outcome: bool) -> Result<bool> {
+        if claimed {
+            let started = Instant::now();
+            match self.acquire_async().await {
+                Ok(o) => {
+                    let held = self.finish(o, started);
+                    if log_outcome {
+                        self.log_outcome(held);
+                    }
+                }
+                Err(e) => {
+                    *self.state.lock() = HandleState::Pending;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(self.is_acquired())
+    }
+
+    /// One bounded step of a sync acquisition.
     /// `Ok(None)`: call again after checking signals.
-    pub(super) fn step_sync(
-        &self,
-        deadline: Instant,
-        acq: &mut Acquiring,
-    ) -> Result<Option<Outcome>> {
+    fn step_sync(&self, deadline: Instant, acq: &mut Acquiring) -> Result<Option<Outcome>> {
         // first the in-process table: no second holder in this process, whatever the backend
         let entry = acq.entry.get_or_insert_with(|| self.enter_table());
         if !entry.taken() {
@@ -376,13 +317,7 @@ impl HandleInner {
         match self.run_acquire_sync(&conn, None) {
             Ok(Attempt::Got(f)) => {
                 config.redis_ok(&conn);
-                let entry = acq.entry.take().expect("taken above");
-                Ok(Some(held_outcome(
-                    Backend::Redis,
-                    Some(f),
-                    lease_end(sent, self.ttl),
-                    entry,
-                )))
+                Ok(Some(self.got_on_redis(acq, f, sent)))
             }
             Ok(Attempt::Taken { pttl, holder, .. }) => {
                 config.redis_ok(&conn);
@@ -432,9 +367,7 @@ impl HandleInner {
             if let Some(Notice::Granted(_)) = w.guard.slot.take() {
                 let sent = Instant::now();
                 if let Ok(Attempt::Got(f)) = self.run_acquire_sync(&conn, None) {
-                    let entry = acq.entry.take().expect("taken above");
-                    let until = lease_end(sent, self.ttl);
-                    return Ok(Some(held_outcome(Backend::Redis, Some(f), until, entry)));
+                    return Ok(Some(self.got_on_redis(acq, f, sent)));
                 }
             }
             let r = self.cancel_sync(&conn);
@@ -446,15 +379,7 @@ impl HandleInner {
         }
         let sent = Instant::now();
         match self.run_acquire_sync(&conn, Some(deadline - now)) {
-            Ok(Attempt::Got(f)) => {
-                let entry = acq.entry.take().expect("taken above");
-                Ok(Some(held_outcome(
-                    Backend::Redis,
-                    Some(f),
-                    lease_end(sent, self.ttl),
-                    entry,
-                )))
-            }
+            Ok(Attempt::Got(f)) => Ok(Some(self.got_on_redis(acq, f, sent))),
             Ok(Attempt::Taken { pttl, fence, .. }) => {
                 w.taken = Some((sent, fence));
                 w.recheck_at = Instant::now() + Self::sleep_until_for(pttl);
@@ -465,6 +390,20 @@ impl HandleInner {
                 self.fall_back(&conn, &e, &mut acq.local).map(|()| None)
             }
         }
+    }
+
+    /// The acquire script sent at `sent` took the lock with fencing token `fence`.
+    fn got_on_redis(&self, acq: &mut Acquiring, fence: i64, sent: Instant) -> Outcome {
+        let entry = acq
+            .entry
+            .take()
+            .expect("the table entry is taken before Redis is asked");
+        held_outcome(
+            Backend::Redis,
+            Some(fence),
+            lease_end(sent, self.ttl),
+            entry,
+        )
     }
 
     /// The sync side of a hand-off notice: hold now (the lease task claims it), or
@@ -499,12 +438,12 @@ impl HandleInner {
         Ok(())
     }
 
-    pub(super) fn cancel_sync(&self, conn: &Conn) -> redis::RedisResult<()> {
+    fn cancel_sync(&self, conn: &Conn) -> redis::RedisResult<()> {
         let inv = invoke4(&CANCEL, &self.names, &[&self.token]);
         conn.sync(|c| inv.invoke::<i64>(c)).map(|_| ())
     }
 
-    pub(super) async fn cancel_async(&self, conn: &Conn) -> redis::RedisResult<()> {
+    async fn cancel_async(&self, conn: &Conn) -> redis::RedisResult<()> {
         let inv = invoke4(&CANCEL, &self.names, &[&self.token]);
         conn.run_async::<i64>(&inv).await.map(|_| ())
     }
@@ -512,7 +451,7 @@ impl HandleInner {
     /// The whole async acquisition. Dropped mid-way (task cancelled), the table entry
     /// leaves the queue (or is given back) and the `Cancel` guard withdraws the Redis
     /// queue entry and passes on a lock that was handed over meanwhile.
-    pub(super) async fn acquire_async(self: &Arc<Self>) -> Result<Outcome> {
+    async fn acquire_async(self: &Arc<Self>) -> Result<Outcome> {
         let config = &self.config;
         let deadline = Instant::now() + self.wait;
         let mut entry = self.enter_table();
@@ -600,7 +539,7 @@ impl HandleInner {
     }
 
     /// Records the outcome; starts the lease task. Returns whether the lock is held.
-    pub(super) fn finish(self: &Arc<Self>, outcome: Outcome, started: Instant) -> bool {
+    fn finish(self: &Arc<Self>, outcome: Outcome, started: Instant) -> bool {
         let waited = started.elapsed();
         self.waited_ns.store(
             waited.as_nanos().try_into().unwrap_or(u64::MAX),
@@ -623,7 +562,7 @@ impl HandleInner {
                 entry.commit(until);
                 self.deadline_ns.store(to_ns(until), Ordering::Release);
                 self.held_since
-                    .store(sessionlock_core::metrics::stamp(), Ordering::Relaxed);
+                    .store(crate::metrics::stamp(), Ordering::Relaxed);
                 *self.state.lock() = HandleState::Held { backend, fence };
                 stats.acquired.fetch_add(1, Ordering::Relaxed);
                 if backend == Backend::Local {
@@ -644,9 +583,10 @@ impl HandleInner {
         }
     }
 
-    pub(super) fn log_outcome(&self, py: Python<'_>, held: bool) {
-        let state = *self.state.lock();
-        log::log(py, DEBUG, || {
+    /// Logs the outcome at DEBUG (`acquired ...` / `gave up on ...`).
+    pub fn log_outcome(&self, held: bool) {
+        let state = self.state();
+        log::log(DEBUG, || {
             let waited = self.waited_ns.load(Ordering::Relaxed) as f64 / 1e6;
             if held {
                 let (backend, fence) = match state {
@@ -670,14 +610,14 @@ impl HandleInner {
     }
 
     /// The caller's awaitable was cancelled: give back whatever this handle holds.
-    pub(super) fn abandon(self: &Arc<Self>) {
+    pub fn abandon(self: &Arc<Self>) {
         self.abandoned.store(true, Ordering::SeqCst);
         if matches!(*self.state.lock(), HandleState::Held { .. }) {
             self.release_in_background();
         }
     }
 
-    pub(super) fn release_in_background(self: &Arc<Self>) {
+    pub(crate) fn release_in_background(self: &Arc<Self>) {
         let me = self.clone();
         process().handle.spawn(async move {
             let _ = me.release_async().await;
@@ -687,7 +627,7 @@ impl HandleInner {
 
 /// Withdraws an async waiter whose future was dropped (task cancelled) while queued.
 struct CancelOnDrop {
-    inner: Option<Arc<HandleInner>>,
+    inner: Option<Arc<Handle>>,
 }
 
 impl Drop for CancelOnDrop {

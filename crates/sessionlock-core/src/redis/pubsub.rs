@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::lock::scripts::{channel_pattern, parse_notice};
 use futures_util::StreamExt;
 use parking_lot::{Condvar, Mutex};
-use sessionlock_core::lock::scripts::{channel_pattern, parse_notice};
 
 use super::conn::Conn;
 

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use sessionlock_core::redis::target::Topology;
+use crate::redis::target::Topology;
 
-use super::Target;
+use super::target::Target;
 
 /// How connections to a target are made.
 pub(super) enum Source {

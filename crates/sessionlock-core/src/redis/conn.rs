@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use redis::aio::MultiplexedConnection;
 
-use sessionlock_core::redis::cluster;
+use crate::redis::cluster;
 
 use super::pubsub::Hub;
 use super::source::Source;
-use super::Target;
+use super::target::Target;
 
 /// Outage bookkeeping for the fallback: one warning per outage, probes with backoff.
 #[derive(Default)]

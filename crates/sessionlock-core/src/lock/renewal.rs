@@ -5,18 +5,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use pyo3::prelude::*;
-
 use super::config::{unreplicated, Backend};
-use super::engine::{HandleInner, HandleState, LEASE_RAN_OUT};
+use super::handle::{Handle, HandleState, LEASE_RAN_OUT};
+use super::lease::lease_end;
 use super::protocol::{invoke4, HOLDER, RELEASE};
-use crate::errors::{Error, Result};
+use crate::error::{Error, Result};
 use crate::log::{self, DEBUG, INFO, WARNING};
 use crate::redis::{process, Conn, SyncConn};
-use sessionlock_core::lock::lease::lease_end;
 
-impl HandleInner {
-    pub(super) fn start_lease_task(self: &Arc<Self>, backend: Backend, claimed: bool) {
+impl Handle {
+    pub(crate) fn start_lease_task(self: &Arc<Self>, backend: Backend, claimed: bool) {
         let me = self.clone();
         let task = process()
             .handle
@@ -24,7 +22,7 @@ impl HandleInner {
         *self.renew.lock() = Some(task.abort_handle());
     }
 
-    pub(super) fn mark_lost(&self, why: &str) {
+    pub fn mark_lost(&self, why: &str) {
         if self.lost.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -34,7 +32,7 @@ impl HandleInner {
         let key = self.names.lock.clone();
         let token = self.token.clone();
         let why = why.to_owned();
-        log::log_detached(WARNING, || {
+        log::log(WARNING, || {
             format!("sessionlock: lock {key:?} (token {token}) LOST: {why}")
         });
     }
@@ -75,7 +73,7 @@ impl HandleInner {
                 let left = max.saturating_sub(started.elapsed());
                 if left.is_zero() {
                     let key = self.names.lock.clone();
-                    log::log_detached(INFO, || {
+                    log::log(INFO, || {
                         format!("sessionlock: {key:?} reached max_hold; renewal stopped, the lease runs out")
                     });
                     renewing = false;
@@ -117,7 +115,7 @@ impl HandleInner {
                     if !std::mem::replace(&mut failing, true) {
                         let desc = self.config.target.describe(&e);
                         let key = self.names.lock.clone();
-                        log::log_detached(WARNING, || {
+                        log::log(WARNING, || {
                             format!("sessionlock: renewing {key:?} failed (retrying until the lease deadline): {desc}")
                         });
                     }
@@ -167,7 +165,7 @@ impl HandleInner {
         Some((backend, fence))
     }
 
-    pub(crate) fn release_sync(&self) -> Result<bool> {
+    pub fn release_sync(&self) -> Result<bool> {
         let Some((backend, _)) = self.begin_release() else {
             return Ok(false);
         };
@@ -196,7 +194,7 @@ impl HandleInner {
         Ok(ok && live && !self.lost.load(Ordering::Acquire))
     }
 
-    pub(crate) async fn release_async(&self) -> Result<bool> {
+    pub async fn release_async(&self) -> Result<bool> {
         let Some((backend, _)) = self.begin_release() else {
             return Ok(false);
         };
@@ -230,13 +228,14 @@ impl HandleInner {
             .fetch_add(1, Ordering::Relaxed);
         let desc = conn.target.describe(e);
         let key = self.names.lock.clone();
-        log::log_detached(WARNING, || {
+        log::log(WARNING, || {
             format!("sessionlock: could not release {key:?} ({desc}); renewal stopped, the lease runs out on its own")
         });
     }
 
-    pub(super) fn log_released(&self, py: Python<'_>, ok: bool) {
-        log::log(py, DEBUG, || {
+    /// Logs a release at DEBUG (`ok`: what `release_*` returned).
+    pub fn log_released(&self, ok: bool) {
+        log::log(DEBUG, || {
             format!(
                 "sessionlock: released {:?} (token {}): {}",
                 self.names.lock,
@@ -249,7 +248,7 @@ impl HandleInner {
     /// Asks the backend whether this handle still owns the lock. The question to Redis
     /// waits at most until the local lease deadline: past it the answer is "no".
     /// `Err` only when Redis could not be asked before the deadline.
-    pub(super) fn is_held_sync(&self) -> Result<bool> {
+    pub fn is_held_sync(&self) -> Result<bool> {
         let HandleState::Held { backend, .. } = *self.state.lock() else {
             return Ok(false);
         };
@@ -280,7 +279,38 @@ impl HandleInner {
         }
     }
 
-    pub(super) fn extend_sync(&self, ttl: Duration) -> Result<bool> {
+    /// `Ok(())` only if this handle holds the lock: `Lost` at once past the local lease
+    /// deadline; before it, Redis is asked (waiting at most until the deadline). If Redis
+    /// cannot be asked before the deadline, the confirmed lease still covers the caller.
+    /// Blocking.
+    pub fn ensure_held(&self) -> Result<()> {
+        if self.inherited() {
+            return Err(Error::Lost(format!(
+                "lock {:?} is held by process {}, not by this forked child (the handle was inherited)",
+                self.names.lock, self.pid
+            )));
+        }
+        if self.is_lost() {
+            return Err(self.lost_error());
+        }
+        if !self.is_acquired() {
+            return Err(Error::Lost(format!(
+                "lock {:?} is not held by this handle",
+                self.names.lock
+            )));
+        }
+        match self.is_held_sync() {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.mark_lost("the key is gone or owned by another token");
+                Err(self.lost_error())
+            }
+            Err(_) if !self.is_lost() => Ok(()),
+            Err(_) => Err(self.lost_error()),
+        }
+    }
+
+    pub fn extend_sync(&self, ttl: Duration) -> Result<bool> {
         if self.inherited() {
             self.warn_inherited("extend");
             return Ok(false);
@@ -322,23 +352,6 @@ impl HandleInner {
             return Ok(false);
         }
         Ok(self.confirm(lease_end(sent, ttl)))
-    }
-
-    pub(crate) fn lost_error(&self) -> Error {
-        Error::Lost(format!(
-            "lock {:?} (token {}) was lost: its lease ran out or another client took it",
-            self.names.lock, self.token
-        ))
-    }
-
-    pub(crate) fn timeout_error(&self) -> Error {
-        let holder = self.last_holder.lock().clone();
-        Error::Timeout(format!(
-            "could not acquire {:?} within {:.3}s{}",
-            self.names.lock,
-            self.wait.as_secs_f64(),
-            holder.map_or_else(String::new, |h| format!(" (held by {h})"))
-        ))
     }
 }
 
