@@ -8,35 +8,14 @@ use std::thread;
 use std::time::Instant;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use parking_lot::{Condvar, Mutex};
 use sessionlock_core::local::key::Loc;
-use sessionlock_core::local::keylock::{KeyLocks, Next, Outcome, Owner, Payload, Retry};
+use sessionlock_core::local::keylock::{KeyLocks, Next, Outcome, Owner, Retry};
 
-/// A thread waiter's signal: 0 nothing, 1 nudged, 2 granted.
-#[derive(Clone, Default)]
-struct Sig(Arc<(Mutex<u8>, Condvar)>);
-
-impl Sig {
-    fn post(&self, v: u8) {
-        let mut g = self.0 .0.lock();
-        *g = (*g).max(v);
-        self.0 .1.notify_one();
-    }
-    fn take(&self) -> u8 {
-        let mut g = self.0 .0.lock();
-        while *g == 0 {
-            self.0 .1.wait(&mut g);
-        }
-        std::mem::take(&mut *g)
-    }
+mod thread_signal {
+    use sessionlock_core::local::keylock::Payload;
+    include!("../src/local/thread_signal.rs");
 }
-
-impl Payload for Sig {
-    type Nudge = Sig;
-    fn nudge(&self) -> Option<Sig> {
-        Some(self.clone())
-    }
-}
+use thread_signal::Sig;
 
 fn tell(next: Next<Sig>) {
     match next {

@@ -641,31 +641,7 @@ mod tests {
         assert!(!l.is_computing(&k()));
     }
 
-    /// A thread waiter's signal for the tests: 0 nothing, 1 nudged, 2 granted.
-    #[derive(Clone, Default)]
-    struct Sig(std::sync::Arc<(parking_lot::Mutex<u8>, parking_lot::Condvar)>);
-
-    impl Sig {
-        fn post(&self, v: u8) {
-            let mut g = self.0 .0.lock();
-            *g = (*g).max(v);
-            self.0 .1.notify_one();
-        }
-        fn take(&self) -> u8 {
-            let mut g = self.0 .0.lock();
-            while *g == 0 {
-                self.0 .1.wait(&mut g);
-            }
-            std::mem::take(&mut *g)
-        }
-    }
-
-    impl Payload for Sig {
-        type Nudge = Sig;
-        fn nudge(&self) -> Option<Sig> {
-            Some(self.clone())
-        }
-    }
+    use crate::local::thread_signal::Sig;
 
     #[test]
     fn young_front_waiter_is_nudged_and_may_be_overtaken() {

@@ -5,3 +5,10 @@
 pub mod key;
 pub mod keylock;
 pub mod store;
+
+/// The key-lock table's test signal (shared with `benches/keylock.rs`).
+#[cfg(test)]
+pub(crate) mod thread_signal {
+    use super::keylock::Payload;
+    include!("thread_signal.rs");
+}

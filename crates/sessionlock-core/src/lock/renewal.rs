@@ -165,60 +165,71 @@ impl Handle {
         Some((backend, fence))
     }
 
-    pub fn release_sync(&self) -> Result<bool> {
+    /// Starts a release (see `begin_release`) and says what is left to do.
+    fn release_step(&self) -> Result<ReleaseStep> {
         let Some((backend, _)) = self.begin_release() else {
-            return Ok(false);
+            return Ok(ReleaseStep::NotHeld);
         };
-        let ok = match backend {
+        Ok(match backend {
             // a lost lease is over or someone else's: nothing to send
-            _ if self.lost.load(Ordering::Acquire) => false,
-            Backend::Local => true,
-            Backend::Redis => {
-                let conn = self.config.conn()?;
-                let inv = invoke4(&RELEASE, &self.names, &[&self.token]);
-                // past the deadline there is nothing left to release: do not wait beyond it
-                let until = self.deadline();
-                match conn.sync_until(Some(until), |c| {
-                    before_deadline(c, until, conn.io_timeout(), |c| inv.invoke::<i64>(c))
-                }) {
-                    Ok(v) => v == 1,
-                    Err(e) => {
-                        self.release_failed(&conn, &e);
-                        false
-                    }
-                }
-            }
-        };
-        // Redis first, then the table: a waiter of this process then finds Redis free
-        let live = process().held.release(&self.held_key, &self.token);
-        Ok(ok && live && !self.lost.load(Ordering::Acquire))
+            _ if self.lost.load(Ordering::Acquire) => ReleaseStep::Done(false),
+            Backend::Local => ReleaseStep::Done(true),
+            Backend::Redis => ReleaseStep::Send(
+                self.config.conn()?,
+                invoke4(&RELEASE, &self.names, &[&self.token]),
+            ),
+        })
     }
 
-    pub async fn release_async(&self) -> Result<bool> {
-        let Some((backend, _)) = self.begin_release() else {
-            return Ok(false);
-        };
-        let ok = match backend {
-            _ if self.lost.load(Ordering::Acquire) => false,
-            Backend::Local => true,
-            Backend::Redis => {
-                let conn = self.config.conn()?;
-                let inv = invoke4(&RELEASE, &self.names, &[&self.token]);
+    /// The release script's reply (or the error that stood in for it).
+    fn released(&self, conn: &Conn, reply: redis::RedisResult<i64>) -> bool {
+        match reply {
+            Ok(v) => v == 1,
+            Err(e) => {
+                self.release_failed(conn, &e);
+                false
+            }
+        }
+    }
+
+    /// Gives the in-process table entry back, after Redis (a waiter of this process then
+    /// finds Redis free); whether the release gave back a live lease of this handle.
+    fn end_release(&self, ok: bool) -> bool {
+        let live = process().held.release(&self.held_key, &self.token);
+        ok && live && !self.lost.load(Ordering::Acquire)
+    }
+
+    /// Releases the lock if this handle holds it; false if it was not held (any more).
+    /// Blocking, at most until the local lease deadline (past it nothing is left to free).
+    pub fn release_sync(&self) -> Result<bool> {
+        let ok = match self.release_step()? {
+            ReleaseStep::NotHeld => return Ok(false),
+            ReleaseStep::Done(ok) => ok,
+            ReleaseStep::Send(conn, inv) => {
                 let until = self.deadline();
-                let r = tokio::time::timeout_at(until.into(), conn.run_async::<i64>(&inv))
-                    .await
-                    .unwrap_or_else(|_| Err(past_deadline()));
-                match r {
-                    Ok(v) => v == 1,
-                    Err(e) => {
-                        self.release_failed(&conn, &e);
-                        false
-                    }
-                }
+                let reply = conn.sync_until(Some(until), |c| {
+                    before_deadline(c, until, conn.io_timeout(), |c| inv.invoke::<i64>(c))
+                });
+                self.released(&conn, reply)
             }
         };
-        let live = process().held.release(&self.held_key, &self.token);
-        Ok(ok && live && !self.lost.load(Ordering::Acquire))
+        Ok(self.end_release(ok))
+    }
+
+    /// [`Handle::release_sync`] on the runtime.
+    pub async fn release_async(&self) -> Result<bool> {
+        let ok = match self.release_step()? {
+            ReleaseStep::NotHeld => return Ok(false),
+            ReleaseStep::Done(ok) => ok,
+            ReleaseStep::Send(conn, inv) => {
+                let until = self.deadline();
+                let reply = tokio::time::timeout_at(until.into(), conn.run_async::<i64>(&inv))
+                    .await
+                    .unwrap_or_else(|_| Err(past_deadline()));
+                self.released(&conn, reply)
+            }
+        };
+        Ok(self.end_release(ok))
     }
 
     fn release_failed(&self, conn: &Conn, e: &redis::RedisError) {
@@ -353,6 +364,16 @@ impl Handle {
         }
         Ok(self.confirm(lease_end(sent, ttl)))
     }
+}
+
+/// What is left of a release once the handle is switched to released.
+enum ReleaseStep {
+    /// It was not held (or this is a forked child's inert copy).
+    NotHeld,
+    /// No round trip: the lease is lost (`false`) or it is the local table's (`true`).
+    Done(bool),
+    /// The release script to send.
+    Send(Arc<Conn>, redis::ScriptInvocation<'static>),
 }
 
 fn past_deadline() -> redis::RedisError {
