@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import httpx
 import pytest
 
+from _holders import held_by_task
 from sessionlock import BaseSessionManager
 
 fastapi = pytest.importorskip("fastapi")
@@ -231,18 +232,8 @@ def test_locked_session_dependency_and_lifespan() -> None:
             assert (await c.post("/async")).status_code == 404
             # Another task holds the session (the ASGI transport runs the request in this
             # task, which would re-enter its own lock): the request times out -> 409.
-            held, release = asyncio.Event(), asyncio.Event()
-
-            async def holder() -> None:
-                async with mgr.lock(sid):
-                    held.set()
-                    await release.wait()
-
-            task = asyncio.create_task(holder())
-            await held.wait()
-            assert (await c.post(f"/quick/{sid}")).status_code == 409
-            release.set()
-            await task
+            async with held_by_task(mgr.lock(sid)):
+                assert (await c.post(f"/quick/{sid}")).status_code == 409
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
     assert mgr.get_session(sid) == {"n": 20}

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from _holders import held_by_thread
-from conftest import LoopThread
+from _loop_thread import LoopThread
 from sessionlock import BaseSessionManager, LockDeadlock, SessionNotFound
 
 Mgr = BaseSessionManager[Any]

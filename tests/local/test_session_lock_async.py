@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from _holders import held_by_task
-from conftest import LoopThread
+from _loop_thread import LoopThread
 from sessionlock import BaseSessionManager, LockDeadlock, LockNotOwned, LockTimeout
 
 Mgr = BaseSessionManager[Any]
@@ -93,22 +93,12 @@ def test_acquire_async_bad_timeout(mgr: Mgr, bad: float) -> None:
 
 def test_owner_is_the_task_not_the_thread(mgr: Mgr) -> None:
     async def main() -> None:
-        got, release = asyncio.Event(), asyncio.Event()
-
-        async def holder() -> None:
-            async with mgr.lock("s"):
-                got.set()
-                await release.wait()
-
-        h = asyncio.create_task(holder())
-        await got.wait()
         lk = mgr.lock("s")
-        # Another task on the same thread is not the owner.
-        with pytest.raises(LockNotOwned):
-            lk.release()
-        assert await lk.acquire_async(timeout=0) is False
-        release.set()
-        await h
+        async with held_by_task(mgr.lock("s")):
+            # Another task on the same thread is not the owner.
+            with pytest.raises(LockNotOwned):
+                lk.release()
+            assert await lk.acquire_async(timeout=0) is False
         assert await lk.acquire_async(timeout=0) is True
         lk.release()
 
@@ -251,23 +241,13 @@ def test_cancelled_waiter_behind_a_thread_leaves_no_trace(mgr: Mgr, until: Until
 
 def test_wait_for_timeout_around_async_with_leaves_no_trace(mgr: Mgr) -> None:
     async def main() -> None:
-        got, release = asyncio.Event(), asyncio.Event()
-
-        async def holder() -> None:
-            async with mgr.lock("s"):
-                got.set()
-                await release.wait()
-
         async def contender() -> None:
             async with mgr.lock("s"):
                 pytest.fail("must not get the lock")
 
-        h = asyncio.create_task(holder())
-        await got.wait()
-        with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(contender(), 0.02)
-        release.set()
-        await h
+        async with held_by_task(mgr.lock("s")):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(contender(), 0.02)
 
     run(main())
     assert mgr.stats()["locks"] == 0

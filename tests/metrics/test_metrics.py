@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import sessionlock
+from _holders import held_by_thread
 from redis_server import RedisServer
 from sessionlock import (
     BaseSessionManager,
@@ -195,28 +196,15 @@ def test_timeout_counted_with_outcome_timeout(registry: CollectorRegistry) -> No
     name = uniq("timeouts")
     mgr: BaseSessionManager[int] = BaseSessionManager(name=name)
     sid = mgr.create_session(0)
-    held, done = threading.Event(), threading.Event()
 
-    def holder() -> None:
-        with mgr.lock(sid):
-            held.set()
-            done.wait(20)
+    async def in_a_task() -> bool:
+        return await mgr.lock(sid).acquire_async(timeout=0.05)
 
-    t = threading.Thread(target=holder)
-    t.start()
-    assert held.wait(10)
-    try:
+    with held_by_thread(mgr.lock(sid)):
         assert mgr.lock(sid).acquire(timeout=0.05) is False
         with pytest.raises(LockTimeout), mgr.lock(sid, timeout=0.05):
             pass
-
-        async def in_a_task() -> bool:
-            return await mgr.lock(sid).acquire_async(timeout=0.05)
-
         assert asyncio.run(in_a_task()) is False
-    finally:
-        done.set()
-        t.join()
     s = scrape(registry)
     lbl = {"kind": "session", "name": name}
     assert value(s, "sessionlock_lock_wait_seconds_count", outcome="timeout", **lbl) == 3

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 import sessionlock
+from _holders import held_by_thread
 from _sessions import SECRET, Mgr, new_prefix, raw_key
 from redis_server import RedisServer, free_port
 from sessionlock import (
@@ -490,24 +491,8 @@ def test_rlock_interface(mgr: Mgr) -> None:
     assert not lk.locked()
     with pytest.raises(LockNotOwned):
         lk.release()
-    taken, done = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        lock = mgr.lock("s")
-        assert lock.acquire()
-        taken.set()
-        done.wait(10)
-        lock.release()
-
-    other = threading.Thread(target=hold)
-    other.start()
-    assert taken.wait(10)
-    try:
-        with pytest.raises(LockTimeout), mgr.lock("s", timeout=0.2):
-            pass
-    finally:
-        done.set()
-        other.join()
+    with held_by_thread(mgr.lock("s")), pytest.raises(LockTimeout), mgr.lock("s", timeout=0.2):
+        pass
 
 
 def test_sync_wait_on_a_loop_thread_holding_task_is_a_deadlock_error(mgr: Mgr) -> None:
@@ -748,31 +733,23 @@ def test_connection_from_environment_and_password_hidden(redis_url: str, monkeyp
 
 def test_sync_lock_waits_release_the_gil(mgr: Mgr) -> None:
     sid = mgr.create_session({"n": 0})
-    held, done = threading.Event(), threading.Event()
+    done = threading.Event()
     spins = 0
-
-    def holder() -> None:
-        with mgr.lock(sid):
-            held.set()
-            done.wait(5)
 
     def spinner() -> None:
         nonlocal spins
         while not done.is_set():
             spins += 1
 
-    t1 = threading.Thread(target=holder)
-    t1.start()
-    held.wait(5)
-    t2 = threading.Thread(target=spinner)
-    t2.start()
-    before = spins
-    with pytest.raises(LockTimeout), mgr.lock(sid, timeout=0.3):  # GIL released while waiting
-        pass
-    assert spins - before > 1000
-    done.set()
-    t1.join()
-    t2.join()
+    with held_by_thread(mgr.lock(sid)):
+        t = threading.Thread(target=spinner)
+        t.start()
+        before = spins
+        with pytest.raises(LockTimeout), mgr.lock(sid, timeout=0.3):  # GIL released while waiting
+            pass
+        assert spins - before > 1000
+        done.set()
+        t.join()
 
 
 def test_cancelled_async_waiter_leaves_no_trace(mgr: Mgr, redis_url: str) -> None:
