@@ -30,7 +30,7 @@ use crate::local::sessions::Sessions;
     name = "BaseSessionManager"
 )]
 pub struct PyManager {
-    pub inner: Arc<Sessions>,
+    pub sessions: Arc<Sessions>,
 }
 
 #[pymethods]
@@ -45,10 +45,10 @@ impl PyManager {
         _args: &Bound<'_, PyAny>,
         _kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
-        let inner = Arc::new(Sessions::new());
-        let weak = Arc::downgrade(&inner);
+        let sessions = Arc::new(Sessions::new());
+        let weak = Arc::downgrade(&sessions);
         crate::metrics::track(weak, cls.name()?.to_str()?);
-        Ok(Self { inner })
+        Ok(Self { sessions })
     }
 
     #[pyo3(signature = (*, idle_ttl=None, absolute_ttl=None, max_sessions=None, on_evict=None,
@@ -69,7 +69,7 @@ impl PyManager {
         if let Some(f) = &on_evict {
             check_callable("on_evict", f)?;
         }
-        let i = &self.inner;
+        let i = &self.sessions;
         i.idle_ns.store(idle, Ordering::Relaxed);
         i.absolute_ns.store(absolute, Ordering::Relaxed);
         i.capacity.store(max, Ordering::Relaxed);
@@ -91,7 +91,7 @@ impl PyManager {
             let id = sessionlock_core::random::uuid_v4()
                 .hyphenated()
                 .encode_lower(&mut buf);
-            match self.inner.insert(py, &Loc::new(id), value, false) {
+            match self.sessions.insert(py, &Loc::new(id), value, false) {
                 Insert::Present { rejected } => value = rejected, // a uuid4 collision: draw again
                 _ => return Ok(id.to_owned()),
             }
@@ -105,7 +105,7 @@ impl PyManager {
         context: Py<PyAny>,
     ) -> Result<bool> {
         let key = &Loc::new(self::session_id(session_id)?);
-        Ok(match self.inner.insert(py, key, context, false) {
+        Ok(match self.sessions.insert(py, key, context, false) {
             Insert::Inserted { .. } => true,
             Insert::Present { rejected } => {
                 drop(rejected);
@@ -123,7 +123,7 @@ impl PyManager {
         default: Option<Py<PyAny>>,
     ) -> Result<Option<Py<PyAny>>> {
         let key = &Loc::new(self::session_id(session_id)?);
-        Ok(self.inner.get(py, key, true).or(default))
+        Ok(self.sessions.get(py, key, true).or(default))
     }
 
     fn _safe_get(
@@ -141,7 +141,7 @@ impl PyManager {
         context: Py<PyAny>,
     ) -> Result<Option<Py<PyAny>>> {
         let key = &Loc::new(self::session_id(session_id)?);
-        Ok(match self.inner.insert(py, key, context, true) {
+        Ok(match self.sessions.insert(py, key, context, true) {
             Insert::Replaced { previous } => Some(previous),
             _ => None,
         })
@@ -155,8 +155,8 @@ impl PyManager {
     ) -> Result<Py<PyAny>> {
         let key = &Loc::new(self::session_id(session_id)?);
         check_callable("factory", factory)?;
-        let inner = &self.inner;
-        if let Some(v) = inner.get(py, key, true) {
+        let sessions = &self.sessions;
+        if let Some(v) = sessions.get(py, key, true) {
             return Ok(v);
         }
         // Miss: the session lock makes the factory run once; others queue behind it (FIFO,
@@ -164,34 +164,36 @@ impl PyManager {
         let (owner, _) = current_owner(py)?;
         {
             let _untimed = sessionlock_core::metrics::untimed(owner.id); // see sessionlock_core::metrics::clock
-            inner.acquire_sync(py, key, owner, None)?;
+            sessions.acquire_sync(py, key, owner, None)?;
         }
-        if inner.locks.is_computing(key) {
-            inner.release(py, key, owner)?;
+        if sessions.locks.is_computing(key) {
+            sessions.release(py, key, owner)?;
             return Err(Error::Deadlock(format!(
                 "get_or_create({key:?}) was called again from its own factory"
             )));
         }
         let result = (|| {
-            if let Some(v) = inner.get(py, key, false) {
+            if let Some(v) = sessions.get(py, key, false) {
                 return Ok(v);
             }
-            inner.locks.set_computing(key, owner, true);
-            inner.stats.bump(C::FactoryRuns);
+            sessions.locks.set_computing(key, owner, true);
+            sessions.stats.bump(C::FactoryRuns);
             let made = factory.call0();
-            inner.locks.set_computing(key, owner, false);
+            sessions.locks.set_computing(key, owner, false);
             let made = made?.unbind();
-            Ok(match inner.insert(py, key, made.clone_ref(py), false) {
+            Ok(match sessions.insert(py, key, made.clone_ref(py), false) {
                 Insert::Present { rejected } => {
                     // inserted/set by someone else meanwhile: theirs wins, ours is dropped
                     drop(rejected);
                     drop(made);
-                    inner.get(py, key, false).expect("present under our lock")
+                    sessions
+                        .get(py, key, false)
+                        .expect("present under our lock")
                 }
                 _ => made,
             })
         })();
-        inner.release(py, key, owner)?;
+        sessions.release(py, key, owner)?;
         result
     }
 
@@ -212,29 +214,29 @@ impl PyManager {
     ) -> Result<Py<PyAny>> {
         let key = &Loc::new(self::session_id(session_id)?);
         check_callable("fn", r#fn)?;
-        let inner = &self.inner;
+        let sessions = &self.sessions;
         let (owner, _) = current_owner(py)?;
         {
             let _untimed = sessionlock_core::metrics::untimed(owner.id); // see sessionlock_core::metrics::clock
-            inner.acquire_sync(py, key, owner, None)?;
+            sessions.acquire_sync(py, key, owner, None)?;
         }
         let result = (|| {
-            let current = inner
+            let current = sessions
                 .get(py, key, false)
                 .ok_or_else(|| Error::NotFound(format!("session {key:?} does not exist")))?;
             // `current` stays alive across the call so that its address cannot be reused.
             let new = r#fn.call1((current.clone_ref(py),))?.unbind();
-            let ttl = inner.ttl();
+            let ttl = sessions.ttl();
             // Writers do not wait for the session lock, so the session may have been deleted,
             // deleted and re-created, or replaced while `fn` ran. Write back only over the very
             // value `fn` was given (pointer identity, no Python code under the shard lock):
             // anything else would resurrect old state over a newer value, a lost write.
-            let result = match inner.store.replace_existing(
+            let result = match sessions.store.replace_existing(
                 key,
                 new.clone_ref(py),
-                inner.now(ttl),
+                sessions.now(ttl),
                 ttl,
-                &inner.held(),
+                &sessions.held(),
                 |v| v.is(&current),
             ) {
                 Ok(old) => {
@@ -248,13 +250,13 @@ impl PyManager {
             drop(current);
             result
         })();
-        inner.release(py, key, owner)?;
+        sessions.release(py, key, owner)?;
         result
     }
 
     fn delete_session(&self, py: Python<'_>, session_id: &Bound<'_, PyAny>) -> Result<bool> {
         let key = &Loc::new(self::session_id(session_id)?);
-        Ok(self.inner.remove(py, key).is_some())
+        Ok(self.sessions.remove(py, key).is_some())
     }
 
     fn _safe_delete(&self, py: Python<'_>, session_id: &Bound<'_, PyAny>) -> Result<bool> {
@@ -269,12 +271,12 @@ impl PyManager {
         default: Option<Py<PyAny>>,
     ) -> Result<Option<Py<PyAny>>> {
         let key = &Loc::new(self::session_id(session_id)?);
-        Ok(self.inner.remove(py, key).or(default))
+        Ok(self.sessions.remove(py, key).or(default))
     }
 
     fn touch(&self, py: Python<'_>, session_id: &Bound<'_, PyAny>) -> Result<bool> {
         let key = &Loc::new(self::session_id(session_id)?);
-        Ok(self.inner.get(py, key, false).is_some())
+        Ok(self.sessions.get(py, key, false).is_some())
     }
 
     #[pyo3(signature = (session_id, *, timeout=None))]
@@ -287,36 +289,38 @@ impl PyManager {
         let timeout = limits::optional_timeout("timeout", timeout)?;
         Ok(PySessionLock::new(
             slf.clone().into_any().unbind(),
-            slf.get().inner.clone(),
+            slf.get().sessions.clone(),
             key,
             timeout,
         ))
     }
 
     fn purge_expired(&self, py: Python<'_>) -> usize {
-        self.inner.purge_all(py)
+        self.sessions.purge_all(py)
     }
 
     fn clear(&self, py: Python<'_>) -> usize {
         let _ = py;
-        let all = self.inner.store.drain();
+        let all = self.sessions.store.drain();
         let n = all.len();
         drop(all); // values dropped here, after the shard locks are gone
         n
     }
 
     fn session_ids(&self, py: Python<'_>) -> Vec<String> {
-        let inner = &self.inner;
-        inner.purge_all(py);
-        let ttl = inner.ttl();
-        inner.store.keys(inner.now(ttl), ttl, &inner.held())
+        let sessions = &self.sessions;
+        sessions.purge_all(py);
+        let ttl = sessions.ttl();
+        sessions
+            .store
+            .keys(sessions.now(ttl), ttl, &sessions.held())
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = &self.inner.stats;
+        let s = &self.sessions.stats;
         let d = PyDict::new(py);
         d.set_item("sessions", self.__len__(py))?;
-        d.set_item("locks", self.inner.locks.len())?;
+        d.set_item("locks", self.sessions.locks.len())?;
         for (name, c) in [
             ("hits", C::Hits),
             ("misses", C::Misses),
@@ -338,31 +342,34 @@ impl PyManager {
     /// This manager's metrics (see `_MetricsSnapshot` in the stub).
     fn _metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         use crate::metrics::Source;
-        crate::metrics::to_py(py, &self.inner.snapshot(py))
+        crate::metrics::to_py(py, &self.sessions.snapshot(py))
     }
 
     fn __len__(&self, py: Python<'_>) -> usize {
-        if self.inner.ttl().is_enabled() {
-            self.inner.purge_all(py);
+        if self.sessions.ttl().is_enabled() {
+            self.sessions.purge_all(py);
         }
-        self.inner.store.len()
+        self.sessions.store.len()
     }
 
     fn __contains__(&self, py: Python<'_>, session_id: &Bound<'_, PyAny>) -> bool {
         match self::session_id(session_id) {
-            Ok(key) => self.inner.get(py, &Loc::new(key), false).is_some(),
+            Ok(key) => self.sessions.get(py, &Loc::new(key), false).is_some(),
             Err(_) => false,
         }
     }
 
     fn __repr__(slf: &Bound<'_, Self>) -> PyResult<String> {
         let name = slf.get_type().qualname()?;
-        Ok(format!("<{name} sessions={}>", slf.get().inner.store.len()))
+        Ok(format!(
+            "<{name} sessions={}>",
+            slf.get().sessions.store.len()
+        ))
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> std::result::Result<(), PyTraverseError> {
-        self.inner.store.try_for_each_value(|v| visit.call(v))?;
-        if let Some(cb) = self.inner.on_evict.try_lock() {
+        self.sessions.store.try_for_each_value(|v| visit.call(v))?;
+        if let Some(cb) = self.sessions.on_evict.try_lock() {
             if let Some(cb) = &*cb {
                 visit.call(cb)?;
             }
@@ -371,8 +378,8 @@ impl PyManager {
     }
 
     fn __clear__(&self) {
-        let values = self.inner.store.drain();
-        let cb = self.inner.on_evict.lock().take();
+        let values = self.sessions.store.drain();
+        let cb = self.sessions.on_evict.lock().take();
         drop(values);
         drop(cb);
     }
@@ -380,8 +387,8 @@ impl PyManager {
 
 impl PyManager {
     /// Used by `SessionLock.__enter__`: the current context without counting a hit.
-    pub fn context(inner: &Sessions, py: Python<'_>, key: &Loc<'_>) -> Py<PyAny> {
-        inner.get(py, key, false).unwrap_or_else(|| py.None())
+    pub fn context(sessions: &Sessions, py: Python<'_>, key: &Loc<'_>) -> Py<PyAny> {
+        sessions.get(py, key, false).unwrap_or_else(|| py.None())
     }
 }
 
@@ -395,7 +402,7 @@ pub fn _set_lock_fairness(manager: &Bound<'_, PyManager>, seconds: Option<f64>) 
         None => Duration::MAX,
         Some(s) => Duration::from_secs_f64(s),
     };
-    manager.get().inner.locks.set_fairness(fair);
+    manager.get().sessions.locks.set_fairness(fair);
     Ok(())
 }
 

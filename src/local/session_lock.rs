@@ -86,7 +86,7 @@ pub fn ready(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
 /// coroutine (see `PyAcquire::start`).
 #[pyclass(frozen, module = "sessionlock._sessionlock")]
 struct Starter {
-    inner: Arc<Sessions>,
+    sessions: Arc<Sessions>,
     key: OwnedLoc,
     owner: Owner,
     event_loop: Py<PyAny>,
@@ -101,7 +101,7 @@ impl Starter {
         Ok(
             match PyAcquire::start_for(
                 py,
-                &self.inner,
+                &self.sessions,
                 &self.key.loc(),
                 self.owner,
                 self.event_loop.bind(py),
@@ -151,8 +151,8 @@ fn done(py: Python<'_>) -> PyResult<Py<PyAny>> {
     name = "SessionLock"
 )]
 pub struct PySessionLock {
-    inner: Arc<Sessions>,
-    /// The manager `inner` belongs to, held (and traversed) only so that the cyclic GC sees
+    sessions: Arc<Sessions>,
+    /// The manager `sessions` belongs to, held (and traversed) only so that the cyclic GC sees
     /// `context -> its lock -> manager -> context`: through the `Arc` alone that cycle is
     /// invisible and a context that keeps its session's lock would never be freed.
     manager: Py<PyAny>,
@@ -164,12 +164,12 @@ pub struct PySessionLock {
 impl PySessionLock {
     pub fn new(
         manager: Py<PyAny>,
-        inner: Arc<Sessions>,
+        sessions: Arc<Sessions>,
         key: &Loc<'_>,
         timeout: Option<f64>,
     ) -> Self {
         Self {
-            inner,
+            sessions,
             manager,
             key: OwnedLoc::new(key),
             timeout,
@@ -214,37 +214,38 @@ impl PySessionLock {
         };
         let timeout = limits::rlock_timeout(blocking, timeout)?;
         let (owner, _) = current_owner(py)?;
-        self.inner.acquire_sync(py, &self.key.loc(), owner, timeout)
+        self.sessions
+            .acquire_sync(py, &self.key.loc(), owner, timeout)
     }
 
     fn release(&self, py: Python<'_>) -> Result<()> {
         let (owner, _) = current_owner(py)?;
-        self.inner.release(py, &self.key.loc(), owner)
+        self.sessions.release(py, &self.key.loc(), owner)
     }
 
     fn locked(&self) -> bool {
-        self.inner.locks.is_held(&self.key.loc())
+        self.sessions.locks.is_held(&self.key.loc())
     }
 
     /// Used by `threading.Condition`: whether the caller holds this lock.
     fn _is_owned(&self, py: Python<'_>) -> PyResult<bool> {
         let (owner, _) = current_owner(py)?;
-        Ok(self.inner.locks.depth(&self.key.loc(), owner) > 0)
+        Ok(self.sessions.locks.depth(&self.key.loc(), owner) > 0)
     }
 
     #[pyo3(signature = (timeout=None))]
     fn acquire_async(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Py<PyAny>> {
         let timeout = limits::optional_timeout("timeout", timeout).map_err(Error::from)?;
-        PyAcquire::start(py, &self.inner, &self.key.loc(), timeout, false)
+        PyAcquire::start(py, &self.sessions, &self.key.loc(), timeout, false)
     }
 
     fn __enter__(&self, py: Python<'_>) -> Result<Py<PyAny>> {
         let (owner, _) = current_owner(py)?;
         if self
-            .inner
+            .sessions
             .acquire_sync(py, &self.key.loc(), owner, self.timeout)?
         {
-            Ok(PyManager::context(&self.inner, py, &self.key.loc()))
+            Ok(PyManager::context(&self.sessions, py, &self.key.loc()))
         } else {
             Err(self.timed_out())
         }
@@ -263,7 +264,7 @@ impl PySessionLock {
         let event_loop = event_loop.ok_or_else(no_running_loop)?;
         match PyAcquire::start_for(
             py,
-            &self.inner,
+            &self.sessions,
             &self.key.loc(),
             owner,
             &event_loop,
@@ -282,7 +283,7 @@ impl PySessionLock {
     }
 
     fn __repr__(&self) -> String {
-        let state = if self.inner.locks.is_held(&self.key.loc()) {
+        let state = if self.sessions.locks.is_held(&self.key.loc()) {
             "locked"
         } else {
             "unlocked"
@@ -295,7 +296,7 @@ impl PySessionLock {
 /// `Future.__await__` protocol: it yields the loop future while waiting).
 #[pyclass(frozen, module = "sessionlock._sessionlock", name = "_Acquire")]
 pub struct PyAcquire {
-    inner: Arc<Sessions>,
+    sessions: Arc<Sessions>,
     key: OwnedLoc,
     owner: Owner,
     fut: Py<PyAny>,
@@ -325,7 +326,7 @@ impl PyAcquire {
     /// followed by `lock.release()` works as with an eager acquire.
     pub fn start(
         py: Python<'_>,
-        inner: &Arc<Sessions>,
+        sessions: &Arc<Sessions>,
         key: &Loc<'_>,
         timeout: Option<f64>,
         want_context: bool,
@@ -334,7 +335,7 @@ impl PyAcquire {
         let (owner, event_loop) = current_owner(py)?;
         let event_loop = event_loop.ok_or_else(no_running_loop)?;
         let starter = Starter {
-            inner: inner.clone(),
+            sessions: sessions.clone(),
             key: OwnedLoc::new(key),
             owner,
             event_loop: event_loop.unbind(),
@@ -350,7 +351,7 @@ impl PyAcquire {
     /// queues it and returns the pending `_Acquire`.
     fn start_for(
         py: Python<'_>,
-        inner: &Arc<Sessions>,
+        sessions: &Arc<Sessions>,
         key: &Loc<'_>,
         owner: Owner,
         event_loop: &Bound<'_, PyAny>,
@@ -371,24 +372,24 @@ impl PyAcquire {
                 ));
             }
             Ok(Started::Settled(if want_context {
-                PyManager::context(inner, py, key)
+                PyManager::context(sessions, py, key)
             } else {
                 true.into_pyobject(py)?.to_owned().into_any().unbind()
             }))
         };
         // Fast path: free or re-entered, no future needed.
-        match inner.locks.acquire(key, owner, false, None, || {
+        match sessions.locks.acquire(key, owner, false, None, || {
             unreachable!("wait=false never queues")
         }) {
             Outcome::Acquired { reentered } => {
-                inner.stats.bump(C::LockAcquires);
+                sessions.stats.bump(C::LockAcquires);
                 if !reentered {
-                    inner.begin_hold(py, key); // reclaims a session that expired before
+                    sessions.begin_hold(py, key); // reclaims a session that expired before
                 }
                 return settled(true);
             }
             _ if timeout == Some(0.0) => {
-                inner.stats.bump(C::LockTimeouts);
+                sessions.stats.bump(C::LockTimeouts);
                 return settled(false);
             }
             _ => {}
@@ -400,18 +401,21 @@ impl PyAcquire {
             event_loop: event_loop.clone().unbind(),
             verdict: verdict.clone(),
         };
-        let id = match inner.locks.acquire(key, owner, true, None, move || payload) {
+        let id = match sessions
+            .locks
+            .acquire(key, owner, true, None, move || payload)
+        {
             Outcome::Acquired { reentered } => {
-                inner.stats.bump(C::LockAcquires);
+                sessions.stats.bump(C::LockAcquires);
                 if !reentered {
-                    inner.begin_hold(py, key);
+                    sessions.begin_hold(py, key);
                 }
                 return settled(true);
             }
             Outcome::Queued(id) => id,
             Outcome::Busy | Outcome::Deadlock => unreachable!("async waits always queue"),
         };
-        inner.stats.bump(C::LockContended);
+        sessions.stats.bump(C::LockContended);
         let timer = match timeout {
             Some(t) => Some(
                 event_loop
@@ -420,7 +424,7 @@ impl PyAcquire {
                         (
                             t,
                             WaiterTimeout {
-                                inner: inner.clone(),
+                                sessions: sessions.clone(),
                                 key: OwnedLoc::new(key),
                                 id,
                                 owner,
@@ -434,7 +438,7 @@ impl PyAcquire {
             None => None,
         };
         let pending = Self {
-            inner: inner.clone(),
+            sessions: sessions.clone(),
             key: OwnedLoc::new(key),
             owner,
             fut: fut.unbind(),
@@ -472,14 +476,15 @@ impl PyAcquire {
         {
             // Resolved: True means the lock is ours (hand it on), False means timed out.
             if fut.call_method0(pyo3::intern!(py, "result"))?.is_truthy()? {
-                self.inner.release(py, &self.key.loc(), self.owner)?;
+                self.sessions.release(py, &self.key.loc(), self.owner)?;
             }
             return Ok(());
         }
         // Pending or cancelled: a hand-off may have happened under the key-lock guard
         // before its (scheduled) resolution, so ask the queue, not the future.
         let _ = fut.call_method0(pyo3::intern!(py, "cancel"));
-        self.inner.abandon(py, &self.key.loc(), self.id, self.owner);
+        self.sessions
+            .abandon(py, &self.key.loc(), self.id, self.owner);
         Ok(())
     }
 }
@@ -519,12 +524,12 @@ impl PyAcquire {
             ));
         }
         self.cancel_timer(py);
-        let stats = &self.inner.stats;
+        let stats = &self.sessions.stats;
         let waited = self.start.elapsed();
         stats.record_wait(waited);
         // next to its stats bump: see sessionlock_core::metrics::histogram
         let waited_ns = u64::try_from(waited.as_nanos()).unwrap_or(u64::MAX);
-        self.inner.metrics.waited(waited_ns, acquired);
+        self.sessions.metrics.waited(waited_ns, acquired);
         if !acquired {
             stats.bump(C::LockTimeouts);
             if self.want_context {
@@ -537,9 +542,9 @@ impl PyAcquire {
             return Err(PyStopIteration::new_err((false,)));
         }
         stats.bump(C::LockAcquires);
-        self.inner.begin_hold(py, &self.key.loc());
+        self.sessions.begin_hold(py, &self.key.loc());
         let value = if self.want_context {
-            PyManager::context(&self.inner, py, &self.key.loc())
+            PyManager::context(&self.sessions, py, &self.key.loc())
         } else {
             true.into_pyobject(py)?.to_owned().into_any().unbind()
         };
@@ -588,7 +593,7 @@ impl Drop for PyAcquire {
 /// `call_later` callback: a waiter still queued at its deadline leaves with `False`.
 #[pyclass(frozen, module = "sessionlock._sessionlock")]
 struct WaiterTimeout {
-    inner: Arc<Sessions>,
+    sessions: Arc<Sessions>,
     key: OwnedLoc,
     id: u64,
     owner: Owner,
@@ -600,10 +605,10 @@ struct WaiterTimeout {
 impl WaiterTimeout {
     fn __call__(&self, py: Python<'_>) -> PyResult<()> {
         let (cancel, next) = self
-            .inner
+            .sessions
             .locks
             .cancel(&self.key.loc(), self.id, self.owner);
-        self.inner.tell(py, &self.key.loc(), next);
+        self.sessions.tell(py, &self.key.loc(), next);
         if let sessionlock_core::local::keylock::Cancel::Removed(waiter) = cancel {
             drop(waiter);
             self.verdict.store(TIMED_OUT, Ordering::Release);

@@ -18,7 +18,7 @@ use sessionlock_core::lock::{Handle, HandleState, OwnedHandle};
 /// renewing and the lease runs out on its own).
 #[pyclass(frozen, module = "sessionlock._sessionlock", name = "LockHandle")]
 pub struct PyLockHandle {
-    pub(crate) inner: OwnedHandle,
+    pub(crate) handle: OwnedHandle,
 }
 
 /// Runs a pending acquisition of `handle` on this thread, GIL released, signals checked
@@ -40,16 +40,16 @@ pub(crate) fn acquire_blocking(py: Python<'_>, handle: &Arc<Handle>) -> Result<(
 
 impl PyLockHandle {
     pub(crate) fn acquire_blocking(&self, py: Python<'_>) -> Result<()> {
-        acquire_blocking(py, &self.inner)
+        acquire_blocking(py, &self.handle)
     }
 
     fn warn_sync_in_loop(&self, py: Python<'_>) -> Result<()> {
-        if self.inner.state() != HandleState::Pending {
+        if self.handle.state() != HandleState::Pending {
             return Ok(());
         }
         if owner::running_loop(py)?.is_some()
             && !self
-                .inner
+                .handle
                 .config()
                 .warned_sync_in_loop
                 .swap(true, Ordering::AcqRel)
@@ -58,7 +58,7 @@ impl PyLockHandle {
                 format!(
                     "sessionlock: lock {:?} acquired synchronously inside a running event loop; \
                      this blocks the loop while waiting: use `async with` / `await`",
-                    self.inner.names().lock
+                    self.handle.names().lock
                 )
             });
         }
@@ -66,7 +66,7 @@ impl PyLockHandle {
     }
 
     pub(crate) fn is_acquired(&self) -> bool {
-        self.inner.is_acquired()
+        self.handle.is_acquired()
     }
 
     fn awaitable<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
@@ -80,7 +80,7 @@ impl PyLockHandle {
     /// An acquiring awaitable whose cancellation abandons the handle (see `abandoned`).
     fn acquiring_awaitable<'py, F, T>(
         py: Python<'py>,
-        inner: &Arc<Handle>,
+        handle: &Arc<Handle>,
         fut: F,
     ) -> PyResult<Bound<'py, PyAny>>
     where
@@ -88,14 +88,14 @@ impl PyLockHandle {
         T: for<'a> IntoPyObject<'a> + Send + 'static,
     {
         let fut = Self::awaitable(py, fut)?;
-        let inner = inner.clone();
+        let handle = handle.clone();
         let on_done = pyo3::types::PyCFunction::new_closure(
             py,
             None,
             None,
             move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
                 if args.get_item(0)?.call_method0("cancelled")?.is_truthy()? {
-                    inner.abandon();
+                    handle.abandon();
                 }
                 Ok(())
             },
@@ -110,22 +110,22 @@ impl PyLockHandle {
     /// The full Redis key (prefix + key).
     #[getter]
     fn key(&self) -> &str {
-        &self.inner.names().lock
+        &self.handle.names().lock
     }
 
     #[getter]
     fn token(&self) -> &str {
-        self.inner.token()
+        self.handle.token()
     }
 
     #[getter]
     fn fencing_token(&self) -> Option<i64> {
-        self.inner.fencing_token()
+        self.handle.fencing_token()
     }
 
     #[getter(backend)]
     fn backend_name(&self) -> &'static str {
-        self.inner.backend().name()
+        self.handle.backend().name()
     }
 
     #[getter]
@@ -135,13 +135,13 @@ impl PyLockHandle {
 
     #[getter]
     fn waited(&self) -> f64 {
-        self.inner.waited().as_secs_f64()
+        self.handle.waited().as_secs_f64()
     }
 
     /// True once the lease is known to be over (exact: checks the local deadline too).
     #[getter]
     fn lost(&self) -> bool {
-        self.inner.is_lost()
+        self.handle.is_lost()
     }
 
     fn __bool__(&self, py: Python<'_>) -> Result<bool> {
@@ -152,33 +152,33 @@ impl PyLockHandle {
 
     /// Releases the lock if this handle holds it. False if it was not held (any more).
     fn release(&self, py: Python<'_>) -> Result<bool> {
-        let inner = self.inner.shared();
-        let ok = py.detach(|| inner.release_sync())?;
-        self.inner.log_released(ok);
+        let handle = self.handle.shared();
+        let ok = py.detach(|| handle.release_sync())?;
+        self.handle.log_released(ok);
         Ok(ok)
     }
 
     #[pyo3(signature = (ttl=None))]
     fn extend(&self, py: Python<'_>, ttl: Option<f64>) -> Result<bool> {
         let ttl = match ttl {
-            None => self.inner.ttl(),
+            None => self.handle.ttl(),
             Some(v) => positive_secs("ttl", v)?,
         };
-        let inner = self.inner.shared();
-        Ok(py.detach(|| inner.extend_sync(ttl))?)
+        let handle = self.handle.shared();
+        Ok(py.detach(|| handle.extend_sync(ttl))?)
     }
 
     fn is_held(&self, py: Python<'_>) -> Result<bool> {
-        let inner = self.inner.shared();
-        Ok(py.detach(|| inner.is_held_sync())?)
+        let handle = self.handle.shared();
+        Ok(py.detach(|| handle.is_held_sync())?)
     }
 
     /// LockLost unless this handle holds the lock: at once past the local lease deadline;
     /// before it, Redis is asked (waiting at most until the deadline). If Redis cannot be
     /// asked before the deadline, the confirmed lease still covers the caller: no error.
     fn ensure_held(&self, py: Python<'_>) -> Result<()> {
-        let inner = self.inner.shared();
-        Ok(py.detach(|| inner.ensure_held())?)
+        let handle = self.handle.shared();
+        Ok(py.detach(|| handle.ensure_held())?)
     }
 
     fn __enter__(slf: &Bound<'_, Self>) -> Result<Py<Self>> {
@@ -186,7 +186,7 @@ impl PyLockHandle {
         me.warn_sync_in_loop(slf.py())?;
         me.acquire_blocking(slf.py())?;
         if !me.is_acquired() {
-            return Err(me.inner.timeout_error().into());
+            return Err(me.handle.timeout_error().into());
         }
         Ok(slf.clone().unbind())
     }
@@ -200,8 +200,8 @@ impl PyLockHandle {
         _tb: Option<&Bound<'_, PyAny>>,
     ) -> Result<bool> {
         self.release(py)?;
-        if self.inner.lost_flag() && exc_type.is_none_or(Bound::is_none) {
-            return Err(self.inner.lost_error().into());
+        if self.handle.lost_flag() && exc_type.is_none_or(Bound::is_none) {
+            return Err(self.handle.lost_error().into());
         }
         Ok(false)
     }
@@ -209,11 +209,11 @@ impl PyLockHandle {
     fn __await__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let debug = log::log_enabled(py, DEBUG);
-        let claimed = slf.get().inner.claim().map_err(Error::from)?;
-        let inner = slf.get().inner.shared();
+        let claimed = slf.get().handle.claim().map_err(Error::from)?;
+        let handle = slf.get().handle.shared();
         let me: Py<Self> = slf.clone().unbind();
-        let fut = Self::acquiring_awaitable(py, &inner.clone(), async move {
-            inner.settle(claimed, debug).await.map_err(Error::from)?;
+        let fut = Self::acquiring_awaitable(py, &handle.clone(), async move {
+            handle.settle(claimed, debug).await.map_err(Error::from)?;
             Ok(me)
         })?;
         fut.call_method0(pyo3::intern!(py, "__await__"))
@@ -222,11 +222,11 @@ impl PyLockHandle {
     fn __aenter__<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
         let py = slf.py();
         let debug = log::log_enabled(py, DEBUG);
-        let claimed = slf.get().inner.claim().map_err(Error::from)?;
-        let inner = slf.get().inner.shared();
+        let claimed = slf.get().handle.claim().map_err(Error::from)?;
+        let handle = slf.get().handle.shared();
         let me: Py<Self> = slf.clone().unbind();
-        Self::acquiring_awaitable(py, &inner.clone(), async move {
-            if inner
+        Self::acquiring_awaitable(py, &handle.clone(), async move {
+            if handle
                 .clone()
                 .settle(claimed, debug)
                 .await
@@ -234,7 +234,7 @@ impl PyLockHandle {
             {
                 Ok(me)
             } else {
-                Err(Error::from(inner.timeout_error()).into())
+                Err(Error::from(handle.timeout_error()).into())
             }
         })
     }
@@ -249,21 +249,21 @@ impl PyLockHandle {
     ) -> PyResult<Bound<'py, PyAny>> {
         let clean = exc_type.is_none_or(Bound::is_none);
         let debug = log::log_enabled(py, DEBUG);
-        let inner = self.inner.shared();
+        let handle = self.handle.shared();
         Self::awaitable(py, async move {
-            let ok = inner.release_async().await.map_err(Error::from)?;
+            let ok = handle.release_async().await.map_err(Error::from)?;
             if debug {
-                inner.log_released(ok);
+                handle.log_released(ok);
             }
-            if clean && inner.lost_flag() {
-                return Err(Error::from(inner.lost_error()).into());
+            if clean && handle.lost_flag() {
+                return Err(Error::from(handle.lost_error()).into());
             }
             Ok(false)
         })
     }
 
     fn __repr__(&self) -> String {
-        let st = self.inner.state();
+        let st = self.handle.state();
         let status = match st {
             HandleState::Pending => "pending".to_owned(),
             HandleState::Acquiring => "acquiring".to_owned(),
@@ -274,9 +274,9 @@ impl PyLockHandle {
         };
         format!(
             "<LockHandle key={:?} {} backend={} fencing_token={}>",
-            self.inner.names().lock,
+            self.handle.names().lock,
             status,
-            self.inner.backend().name(),
+            self.handle.backend().name(),
             self.fencing_token()
                 .map_or_else(|| "None".to_owned(), |f| f.to_string())
         )

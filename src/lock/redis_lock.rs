@@ -69,7 +69,7 @@ impl PyRedisLock {
         let key = key_text(key)?;
         let ttl = self.config.ttl_for(ttl)?;
         Ok(PyLockHandle {
-            inner: OwnedHandle::new(Handle::new(&self.config, &key, ttl, wait)?),
+            handle: OwnedHandle::new(Handle::new(&self.config, &key, ttl, wait)?),
         })
     }
 

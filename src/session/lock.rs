@@ -279,8 +279,8 @@ impl PyRedisSessionLock {
             match body {
                 Err(e) => result = Err(e),
                 Ok(Some(b)) => {
-                    if let Some((t, inner)) = &token {
-                        result = awrite_back(&st, &sid, t, inner, &b).await.and_then(|w| {
+                    if let Some((t, lock)) = &token {
+                        result = awrite_back(&st, &sid, t, lock, &b).await.and_then(|w| {
                             if !w && strict {
                                 Err(Error::NotFound(format!(
                                     "session {sid:?} was deleted during update()"
@@ -614,11 +614,11 @@ async fn awrite_back(
     st: &SessionStore,
     sid: &str,
     t: &Token,
-    inner: &Handle,
+    lock: &Handle,
     body: &[u8],
 ) -> Result<bool> {
-    if inner.is_lost() {
-        return Err(inner.lost_error().into());
+    if lock.is_lost() {
+        return Err(lock.lost_error().into());
     }
     let key = st.key(sid);
     let inv = st.write_back_inv(&key, t, body);
@@ -635,8 +635,8 @@ async fn awrite_back(
         }
         0 => Ok(false),
         _ => {
-            inner.set_lost();
-            Err(inner.lost_error().into())
+            lock.set_lost();
+            Err(lock.lost_error().into())
         }
     }
 }

@@ -14,7 +14,7 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use super::codec::{Codec, Kind};
 use super::lock::PyRedisSessionLock;
-use super::store::{bump, sid_of_key, state_of, SessionStore, Stats, TOUCH};
+use super::store::{bump, sid_of_key, store_of, SessionStore, Stats, TOUCH};
 use crate::errors::{Error, Result};
 use crate::local::args::{check_callable, session_id as checked_id};
 use crate::log::{self, WARNING};
@@ -60,12 +60,12 @@ pub(super) fn helpers(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     name = "RedisSessionManager"
 )]
 pub struct PyRedisSessionManager {
-    state: Mutex<Option<Arc<SessionStore>>>,
+    store: Mutex<Option<Arc<SessionStore>>>,
 }
 
 impl PyRedisSessionManager {
     fn st(&self) -> Result<Arc<SessionStore>> {
-        state_of(&self.state)
+        store_of(&self.store)
     }
 }
 
@@ -77,7 +77,7 @@ impl PyRedisSessionManager {
     #[pyo3(signature = (*_args, **_kwargs))]
     fn new(_args: &Bound<'_, PyAny>, _kwargs: Option<&Bound<'_, PyDict>>) -> Self {
         Self {
-            state: Mutex::new(None),
+            store: Mutex::new(None),
         }
     }
 
@@ -169,7 +169,7 @@ impl PyRedisSessionManager {
         })?);
         // reported as part of the manager, never on its own
         lock.metrics.hide();
-        let state = SessionStore {
+        let store = SessionStore {
             target,
             prefix,
             idle_ms,
@@ -185,11 +185,11 @@ impl PyRedisSessionManager {
             metrics: sessionlock_core::metrics::Metrics::default(),
             held: Mutex::new(HashMap::new()),
         };
-        state.metrics.set_name(name);
-        let state = Arc::new(state);
-        let weak = Arc::downgrade(&state);
+        store.metrics.set_name(name);
+        let store = Arc::new(store);
+        let weak = Arc::downgrade(&store);
         crate::metrics::track(weak, slf.get_type().name()?.to_str()?);
-        let old = slf.get().state.lock().replace(state);
+        let old = slf.get().store.lock().replace(store);
         drop(old);
         Ok(())
     }
@@ -575,7 +575,7 @@ impl PyRedisSessionManager {
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> std::result::Result<(), PyTraverseError> {
-        if let Some(g) = self.state.try_lock() {
+        if let Some(g) = self.store.try_lock() {
             if let Some(st) = g.as_ref() {
                 if let Some(o) = &st.codec.obj {
                     visit.call(o)?;
@@ -586,7 +586,7 @@ impl PyRedisSessionManager {
     }
 
     fn __clear__(&self) {
-        let old = self.state.lock().take();
+        let old = self.store.lock().take();
         drop(old);
     }
 }

@@ -444,13 +444,13 @@ impl SessionStore {
     pub(super) fn token_of(&self, sid: &str, owner: Owner) -> Option<(Token, Arc<Handle>)> {
         let held = self.held.lock();
         let h = held.get(sid).filter(|h| h.owner == owner)?;
-        let inner = h.handle.shared();
+        let lock = h.handle.shared();
         Some((
             Token {
-                lock_key: inner.names().lock.clone(),
-                token: inner.token().to_owned(),
+                lock_key: lock.names().lock.clone(),
+                token: lock.token().to_owned(),
             },
-            inner,
+            lock,
         ))
     }
 
@@ -563,13 +563,13 @@ impl SessionStore {
         owner: Owner,
         body: &[u8],
     ) -> Result<bool> {
-        let (t, inner) = self.token_of(sid, owner).ok_or_else(|| {
+        let (t, lock) = self.token_of(sid, owner).ok_or_else(|| {
             Error::NotOwned(format!(
                 "the lock of session {sid:?} is not held by this thread or task"
             ))
         })?;
-        if inner.is_lost() {
-            return Err(inner.lost_error().into());
+        if lock.is_lost() {
+            return Err(lock.lost_error().into());
         }
         let key = self.key(sid);
         let inv = self.write_back_inv(&key, &t, body);
@@ -580,8 +580,8 @@ impl SessionStore {
             }
             0 => Ok(false),
             _ => {
-                inner.set_lost();
-                Err(inner.lost_error().into())
+                lock.set_lost();
+                Err(lock.lost_error().into())
             }
         }
     }
@@ -592,7 +592,7 @@ enum FetchCmd {
     Script(redis::ScriptInvocation<'static>),
 }
 
-pub(super) fn state_of(cell: &Mutex<Option<Arc<SessionStore>>>) -> Result<Arc<SessionStore>> {
+pub(super) fn store_of(cell: &Mutex<Option<Arc<SessionStore>>>) -> Result<Arc<SessionStore>> {
     cell.lock().clone().ok_or_else(|| {
         Error::Py(PyRuntimeError::new_err(
             "RedisSessionManager.__init__() was not called",

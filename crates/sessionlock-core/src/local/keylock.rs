@@ -105,7 +105,8 @@ pub struct Waiter<W> {
     nudged: bool,
 }
 
-struct State<W> {
+/// One held key: its owner and re-entry depth, and the waiters queued behind it.
+struct KeyHold<W> {
     owner: Owner,
     count: u32,
     /// Set by `get_or_create` while its factory runs under this lock.
@@ -162,7 +163,7 @@ pub struct NotOwned;
 
 struct Entry<W> {
     key: Key,
-    state: State<W>,
+    state: KeyHold<W>,
 }
 
 /// One shard: its entries, and how many holds began in it. `holds` is the hold histogram's
@@ -200,7 +201,7 @@ impl<W: Payload> Default for KeyLocks<W> {
     }
 }
 
-impl<W: Payload> State<W> {
+impl<W: Payload> KeyHold<W> {
     /// `owner` takes the free lock: a new hold begins (`shard` is this state's, locked).
     fn take(&mut self, owner: Owner, shard: &Shard<W>) {
         self.owner = owner;
@@ -278,7 +279,7 @@ impl<W: Payload> KeyLocks<W> {
     fn with_state<R>(
         &self,
         k: &Loc<'_>,
-        f: impl FnOnce(&mut State<W>, &Shard<W>) -> R,
+        f: impl FnOnce(&mut KeyHold<W>, &Shard<W>) -> R,
     ) -> Option<R> {
         let shard = self.shard(k);
         let mut table = shard.table.lock();
@@ -349,7 +350,7 @@ impl<W: Payload> KeyLocks<W> {
             Slot::Vacant(v) => {
                 v.insert(Entry {
                     key: Key::from_ref(k.key),
-                    state: State {
+                    state: KeyHold {
                         owner,
                         count: 1,
                         computing: false,
@@ -365,7 +366,7 @@ impl<W: Payload> KeyLocks<W> {
 
     fn contend(
         &self,
-        state: &mut State<W>,
+        state: &mut KeyHold<W>,
         shard: &Shard<W>,
         owner: Owner,
         wait: bool,

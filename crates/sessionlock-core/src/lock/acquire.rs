@@ -509,19 +509,19 @@ impl Handle {
         let guard = conn.register(&self.names.channel, &self.token);
         conn.listen(&self.config.prefix).await?;
         let mut cancel = CancelOnDrop {
-            inner: Some(self.clone()),
+            waiter: Some(self.clone()),
         };
         loop {
             let now = Instant::now();
             if now >= deadline {
-                cancel.inner = None;
+                cancel.waiter = None;
                 self.cancel_async(conn).await?;
                 return Ok(None);
             }
             let sent = Instant::now();
             let (pttl, seen) = match self.run_acquire_async(conn, Some(deadline - now)).await? {
                 Attempt::Got(f) => {
-                    cancel.inner = None;
+                    cancel.waiter = None;
                     return Ok(Some((f, lease_end(sent, self.ttl), true)));
                 }
                 Attempt::Taken { pttl, fence, .. } => (pttl, fence),
@@ -530,7 +530,7 @@ impl Handle {
                 Self::sleep_until_for(pttl).min(deadline.saturating_duration_since(Instant::now()));
             if let Some(Notice::Granted(f)) = guard.slot.wait_async(nap).await {
                 if let Some(until) = self.provisional(Some((sent, seen)), f) {
-                    cancel.inner = None;
+                    cancel.waiter = None;
                     return Ok(Some((f, until, false)));
                 }
                 // else the acquire script at the loop's top claims it (or finds it gone)
@@ -627,15 +627,15 @@ impl Handle {
 
 /// Withdraws an async waiter whose future was dropped (task cancelled) while queued.
 struct CancelOnDrop {
-    inner: Option<Arc<Handle>>,
+    waiter: Option<Arc<Handle>>,
 }
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        if let Some(inner) = self.inner.take() {
+        if let Some(waiter) = self.waiter.take() {
             process().handle.spawn(async move {
-                if let Ok(conn) = inner.config.conn() {
-                    let _ = inner.cancel_async(&conn).await;
+                if let Ok(conn) = waiter.config.conn() {
+                    let _ = waiter.cancel_async(&conn).await;
                 }
             });
         }
