@@ -89,6 +89,10 @@ type Def<'a, 'py> = (
 );
 
 /// Creates the exception classes and adds them to the module.
+///
+/// # Errors
+///
+/// The Python error if a class cannot be created or added to the module.
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     let base = make_type(

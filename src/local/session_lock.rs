@@ -129,7 +129,7 @@ struct PyDone;
 
 #[pymethods]
 impl PyDone {
-    #[allow(clippy::unused_self)] // reason: a dunder method needs its receiver
+    #[expect(clippy::unused_self, reason = "a dunder method needs its receiver")]
     fn __await__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyIterator>> {
         pyo3::types::PyTuple::empty(py).try_iter()
     }
@@ -143,7 +143,7 @@ fn done(py: Python<'_>) -> PyResult<Py<PyAny>> {
     .map(|d| d.clone_ref(py))
 }
 
-/// Per-session lock shared by threads and asyncio tasks (RLock interface + async).
+/// Per-session lock shared by threads and asyncio tasks (`RLock` interface + async).
 #[pyclass(
     frozen,
     weakref,

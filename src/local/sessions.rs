@@ -297,8 +297,8 @@ impl Sessions {
 
     /// Evicts down to `max_sessions`. `spare` is the key just inserted: it is the most
     /// recently used of all, yet the sampling could pick it when its shard holds little
-    /// else, and an insert must never evict the session it has just stored (create_session
-    /// would hand out a dead id).
+    /// else, and an insert must never evict the session it has just stored
+    /// (`create_session` would hand out a dead id).
     pub(crate) fn enforce_capacity(&self, py: Python<'_>, spare: &Loc<'_>) {
         let max = self.capacity.load(Ordering::Relaxed);
         if max == 0 {
@@ -455,7 +455,7 @@ impl Sessions {
 
     /// Called when an owner takes a fresh (not re-entered) hold of `key`. Holding pins a
     /// session against expiring *during* the hold; it must not revive one that had already
-    /// expired before the hold began (update() would write to it, `with` would return it),
+    /// expired before the hold began (`update()` would write to it, `with` would return it),
     /// so such a session is reclaimed now.
     pub fn begin_hold(&self, py: Python<'_>, key: &Loc<'_>) {
         let ttl = self.ttl();

@@ -173,7 +173,7 @@ impl PyLockHandle {
         Ok(py.detach(|| handle.is_held_sync())?)
     }
 
-    /// LockLost unless this handle holds the lock: at once past the local lease deadline;
+    /// `LockLost` unless this handle holds the lock: at once past the local lease deadline;
     /// before it, Redis is asked (waiting at most until the deadline). If Redis cannot be
     /// asked before the deadline, the confirmed lease still covers the caller: no error.
     fn ensure_held(&self, py: Python<'_>) -> Result<()> {

@@ -14,7 +14,7 @@ use crate::owner;
 use sessionlock_core::lock::scripts::Names;
 use sessionlock_core::lock::{Handle, LockConfig, LockOptions, OwnedHandle};
 
-/// A distributed lock on Redis (see DESIGN.md, "RedisLock and RecommendationLock").
+/// A distributed lock on Redis (see DESIGN.md, "`RedisLock` and `RecommendationLock`").
 #[pyclass(
     frozen,
     subclass,
@@ -171,13 +171,18 @@ impl PyRedisLock {
 
     fn holder(&self, py: Python<'_>, key: &Bound<'_, PyAny>) -> Result<Option<PyLockInfo>> {
         let names = self.names_for(key)?;
-        Ok(self.holder_of(py, &names)?.map(|(token, pttl)| PyLockInfo {
-            token,
-            ttl: if pttl < 0 {
+        Ok(self.holder_of(py, &names)?.map(|(token, pttl)| {
+            #[expect(
+                clippy::cast_precision_loss,
+                reason = "a remaining TTL in ms reported as float seconds: exact below 2^53 ms \
+                          (285,000 years)"
+            )]
+            let ttl = if pttl < 0 {
                 f64::INFINITY
             } else {
                 pttl as f64 / 1000.0
-            },
+            };
+            PyLockInfo { token, ttl }
         }))
     }
 

@@ -517,7 +517,7 @@ impl PyRedisSessionLock {
     }
 
     /// `aget_or_create`: marks (or unmarks) the caller's hold as running the factory;
-    /// LockDeadlock if it already is (the factory asked for its own key).
+    /// `LockDeadlock` if it already is (the factory asked for its own key).
     fn _acreating(&self, py: Python<'_>, on: bool) -> Result<()> {
         let (owner, _) = current_owner(py)?;
         if on {

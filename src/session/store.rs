@@ -260,8 +260,9 @@ impl SessionStore {
         } else {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            (now + self.clock_offset_ms.load(Ordering::Relaxed)).max(0) as u64 + self.abs_ms
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            u64::try_from(now + self.clock_offset_ms.load(Ordering::Relaxed)).unwrap_or(0)
+                + self.abs_ms
         };
         (self.signer.head(key.as_bytes(), deadline), deadline)
     }
@@ -280,7 +281,7 @@ impl SessionStore {
         }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
         self.clock_offset_ms
             .store(server_now - now, Ordering::Relaxed);
         true

@@ -71,7 +71,9 @@ fn contended(c: &mut Criterion) {
         |b| {
             b.iter_custom(|iters| {
                 let l = Arc::new(KeyLocks::<Sig>::new());
-                let start = Arc::new(Barrier::new(THREADS as usize + 1));
+                let start = Arc::new(Barrier::new(
+                    usize::try_from(THREADS).expect("4 fits a usize") + 1,
+                ));
                 let per_thread = iters.div_ceil(THREADS);
                 let threads: Vec<_> = (0..THREADS)
                     .map(|t| {

@@ -22,6 +22,10 @@ fn finite_non_negative(name: &str, v: f64) -> Result<f64> {
 }
 
 /// A TTL in seconds to nanoseconds; `None` (or infinity) means no limit, encoded as 0.
+///
+/// # Errors
+///
+/// `Error::Value` if `v` is NaN, negative or zero.
 pub fn ttl_ns(name: &str, v: Option<f64>) -> Result<u64> {
     let Some(v) = v else { return Ok(0) };
     let v = finite_non_negative(name, v)?;
@@ -33,10 +37,24 @@ pub fn ttl_ns(name: &str, v: Option<f64>) -> Result<u64> {
     if v.is_infinite() {
         return Ok(0);
     }
-    Ok((v * 1e9).min(u64::MAX as f64).max(1.0) as u64)
+    // `u64::MAX as f64` rounds up to 2^64; the final cast saturates at `u64::MAX`.
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_precision_loss,
+        reason = "v is checked finite and > 0 above, the float is clamped to [1, 2^64] and \
+                  float-to-int `as` saturates; sub-nanosecond digits are meant to be dropped"
+    )]
+    let ns = (v * 1e9).min(u64::MAX as f64).max(1.0) as u64;
+    Ok(ns)
 }
 
 /// `timeout=None` style: `None` waits forever; otherwise seconds >= 0.
+///
+/// # Errors
+///
+/// `Error::Value` if `v` is NaN or negative; `Error::Overflow` if it is above
+/// [`TIMEOUT_MAX`] (infinity included).
 pub fn optional_timeout(name: &str, v: Option<f64>) -> Result<Option<f64>> {
     match v {
         None => Ok(None),
@@ -55,12 +73,20 @@ const MAX_SECS: f64 = 1e9;
 
 /// A TTL in seconds to whole milliseconds (rounded up); `None` (or infinity) means no limit,
 /// encoded as 0. The rules are [`ttl_ns`]'s.
+///
+/// # Errors
+///
+/// `Error::Value` if `v` is NaN, negative or zero (as [`ttl_ns`]).
 pub fn ttl_ms(name: &str, v: Option<f64>) -> Result<u64> {
     Ok(ttl_ns(name, v)?.div_ceil(1_000_000))
 }
 
 /// A lease, a timeout between retries and the like: finite seconds > 0, at least 1 ms (the
 /// resolution of Redis's `PX`), at most 1e9 s.
+///
+/// # Errors
+///
+/// `Error::Value` if `v` is not positive and finite (NaN, infinite, zero or negative).
 pub fn positive_secs(name: &str, v: f64) -> Result<Duration> {
     if v.is_nan() || !v.is_finite() || v <= 0.0 {
         return Err(Error::Value(format!(
@@ -71,6 +97,10 @@ pub fn positive_secs(name: &str, v: f64) -> Result<Duration> {
 }
 
 /// A wait that may be zero (a single try): finite seconds >= 0, at most 1e9 s.
+///
+/// # Errors
+///
+/// `Error::Value` if `v` is NaN, infinite or negative.
 pub fn non_negative_secs(name: &str, v: f64) -> Result<Duration> {
     if v.is_nan() || !v.is_finite() || v < 0.0 {
         return Err(Error::Value(format!(
@@ -86,6 +116,12 @@ pub fn non_negative_secs(name: &str, v: f64) -> Result<Duration> {
 )]
 /// `threading.Lock.acquire(blocking, timeout)` argument rules. Returns `None` for "wait
 /// forever", `Some(0.0)` for a non-blocking attempt.
+///
+/// # Errors
+///
+/// `Error::Value` if a non-blocking call gives a timeout other than -1, or a blocking one
+/// gives NaN or a negative timeout other than -1; `Error::Overflow` if the timeout is
+/// above [`TIMEOUT_MAX`].
 pub fn rlock_timeout(blocking: bool, timeout: f64) -> Result<Option<f64>> {
     if !blocking {
         if timeout != -1.0 {
@@ -112,6 +148,12 @@ pub fn rlock_timeout(blocking: bool, timeout: f64) -> Result<Option<f64>> {
     Ok(Some(timeout))
 }
 
+/// `max_sessions`: `None` means no limit, encoded as 0; a count above `usize::MAX` is
+/// capped to it.
+///
+/// # Errors
+///
+/// `Error::Value` if `v` is below 1.
 pub fn max_sessions(v: Option<i64>) -> Result<usize> {
     match v {
         None => Ok(0),

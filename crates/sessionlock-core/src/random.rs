@@ -19,6 +19,11 @@ extern "C" fn after_fork_in_child() {
 }
 
 /// Registers the fork handler (idempotent; the module calls it at import).
+///
+/// # Panics
+///
+/// If `pthread_atfork` fails (it can only run out of memory): without the handler a forked
+/// child could repeat its parent's ids, so this refuses to go on.
 pub fn register_fork_handler() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -41,6 +46,11 @@ thread_local!(static BUFFER: RefCell<Buffer> = const {
 });
 
 /// 16 fresh random bytes, never the same in two processes.
+///
+/// # Panics
+///
+/// If the OS random source fails (`getrandom`), or as [`register_fork_handler`]: ids and
+/// tokens are never made from weaker randomness.
 #[must_use]
 pub fn bytes16() -> [u8; 16] {
     register_fork_handler();

@@ -140,7 +140,12 @@ fn hex8(x: u64) -> (u32, u64) {
     let mut v = ((nib << 4) | (nib >> 8)) & 0x00FF_00FF_00FF_00FF;
     v = (v | (v >> 8)) & 0x0000_FFFF_0000_FFFF;
     v = (v | (v >> 16)) & 0x0000_0000_FFFF_FFFF;
-    (v as u32, bad)
+    #[expect(
+        clippy::cast_possible_truncation,
+        reason = "v is masked to its low 32 bits just above: the cast drops only zeros"
+    )]
+    let word = v as u32;
+    (word, bad)
 }
 
 impl Key {
@@ -151,12 +156,23 @@ impl Key {
             KeyRef::Str(s) if s.len() <= INLINE => {
                 let mut bytes = [0u8; INLINE];
                 bytes[..s.len()].copy_from_slice(s.as_bytes());
-                Key::Inline(s.len() as u8, bytes)
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    reason = "this arm is taken only when s.len() <= INLINE (22), which fits a u8"
+                )]
+                let len = s.len() as u8;
+                Key::Inline(len, bytes)
             }
             KeyRef::Str(s) => Key::Str(s.into()),
         }
     }
 
+    /// The key as a [`KeyRef`] (no allocation).
+    ///
+    /// # Panics
+    ///
+    /// Never in practice: an inline key's bytes were copied from a `str` by
+    /// [`Key::from_ref`], so they are valid UTF-8 (the `expect` states that invariant).
     #[inline]
     #[must_use]
     pub fn as_ref(&self) -> KeyRef<'_> {

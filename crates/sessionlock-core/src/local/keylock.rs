@@ -417,6 +417,10 @@ impl<W: Payload> KeyLocks<W> {
 
     /// Releases one level of `owner`'s hold. When the hold ends, the front waiter is handed
     /// the lock or nudged (see the module doc); the caller tells it, outside any lock.
+    ///
+    /// # Errors
+    ///
+    /// `NotOwned` if `owner` does not hold the lock on `k` (free, or held by another owner).
     pub fn release(&self, k: &Loc<'_>, owner: Owner) -> Result<Next<W>, NotOwned> {
         let fair_after = self.fair_after();
         self.with_state(k, |state, shard| {
@@ -436,6 +440,11 @@ impl<W: Payload> KeyLocks<W> {
 
     /// A nudged waiter comes to take the lock: it gets it if it is free (or was handed to it
     /// meanwhile); otherwise it keeps its place and waits for the next nudge or hand-off.
+    ///
+    /// # Panics
+    ///
+    /// Never in practice: the queue's front is popped or changed only after it was seen to
+    /// be waiter `id`, under the same shard lock.
     pub fn retry(&self, k: &Loc<'_>, id: u64, owner: Owner) -> Retry {
         self.with_state(k, |state, shard| {
             let front = state.queue.front().map(|w| w.id);
@@ -462,6 +471,11 @@ impl<W: Payload> KeyLocks<W> {
 
     /// Withdraws waiter `id` (timed out, cancelled, interrupted). If it was the nudged front
     /// waiter of a free lock, the next one is served in its place (returned in `Next`).
+    ///
+    /// # Panics
+    ///
+    /// Never in practice: the waiter is removed at the position just found for it, under
+    /// the same shard lock.
     pub fn cancel(&self, k: &Loc<'_>, id: u64, owner: Owner) -> (Cancel<W>, Next<W>) {
         let fair_after = self.fair_after();
         self.with_state(k, |state, shard| {

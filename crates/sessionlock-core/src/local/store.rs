@@ -2,7 +2,7 @@
 //!
 //! Pure Rust and generic over the value, so `cargo test` covers it without Python. It is our
 //! own sharding (rather than `DashMap`) because expiry and approximate-LRU eviction need to
-//! scan or sample one shard at a time, which DashMap's public API does not offer.
+//! scan or sample one shard at a time, which `DashMap`'s public API does not offer.
 //!
 //! Invariants:
 //! - A shard lock is held only for the table operation itself. No method calls back into
@@ -211,9 +211,12 @@ impl<V> Store<V> {
     }
 
     /// Replaces the value of a live entry, giving back the old one, if `expected` accepts the
-    /// current value (a compare-and-swap; `expected` must not run foreign code). `Err(value)`
-    /// if the key is absent (or expired and not held) or holds another value, in which case
-    /// nothing changes.
+    /// current value (a compare-and-swap; `expected` must not run foreign code).
+    ///
+    /// # Errors
+    ///
+    /// `Err(value)` (the value given back) if the key is absent (or expired and not held) or
+    /// holds another value, in which case nothing changes.
     pub fn replace_existing(
         &self,
         k: &Loc<'_>,
@@ -313,6 +316,10 @@ impl<V> Store<V> {
             let mut best: Option<(usize, Key, u64)> = None;
             for probe in 0..(if full { SHARDS } else { EVICTION_SHARDS }) {
                 let r = self.next_random();
+                #[expect(
+                    clippy::cast_possible_truncation,
+                    reason = "r is a random sample: keeping its low bits (on a 32-bit target) is fine"
+                )]
                 let index = if full { probe } else { (r as usize) % SHARDS };
                 let table = self.shards[index].read();
                 let n = table.len();
@@ -379,6 +386,10 @@ impl<V> Store<V> {
     /// Visits every value with the shards read-locked; a shard that is write-locked right now
     /// is skipped (for GC traversal, which must never block: skipping only makes the
     /// collector more conservative).
+    ///
+    /// # Errors
+    ///
+    /// The first error `f` returns; the values after it are not visited.
     pub fn try_for_each_value<E>(&self, mut f: impl FnMut(&V) -> Result<(), E>) -> Result<(), E> {
         for shard in &*self.shards {
             if let Some(table) = shard.try_read() {

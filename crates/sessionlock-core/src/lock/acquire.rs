@@ -220,6 +220,17 @@ impl Handle {
     ///
     /// The caller must not hold anything another thread needs to release this lock (the
     /// binding calls it with the GIL released).
+    ///
+    /// # Errors
+    ///
+    /// - `Error::State` if the handle is already being acquired (by another call).
+    /// - `Error::Value` if the connections to the lock's Redis cannot be set up
+    ///   (`LockConfig::conn`).
+    /// - `Error::Unavailable` if Redis cannot be reached and the fallback is `"raise"`, or
+    ///   too few replicas acknowledged the acquire (`min_replicas`).
+    /// - Whatever `interrupted` returns (the wait is withdrawn first).
+    ///
+    /// After an error from an acquisition that had started, the handle is pending again.
     pub fn acquire_blocking<E: From<Error>>(
         self: &Arc<Self>,
         mut interrupted: impl FnMut() -> std::result::Result<(), E>,
@@ -263,6 +274,12 @@ impl Handle {
     /// [`Handle::claim`]), and resolves to whether the lock is held. On an error the
     /// handle is pending again. Logs the outcome at DEBUG when `log_outcome` (the binding
     /// decides on the loop's thread, so the runtime thread logs only when asked to).
+    ///
+    /// # Errors
+    ///
+    /// Only when `claimed`: `Error::Value` if the connections to the lock's Redis cannot be
+    /// set up; `Error::Unavailable` if Redis cannot be reached and the fallback is `"raise"`,
+    /// or too few replicas acknowledged the acquire (`min_replicas`).
     pub async fn settle(self: Arc<Self>, claimed: bool, log_outcome: bool) -> Result<bool> {
         if claimed {
             let started = Instant::now();
@@ -587,6 +604,11 @@ impl Handle {
     pub fn log_outcome(&self, held: bool) {
         let state = self.state();
         log::log(DEBUG, || {
+            #[expect(
+                clippy::cast_precision_loss,
+                reason = "a wait in ns shown as float ms in a log line: exact below 2^53 ns \
+                          (104 days), and a rounded figure beyond is fine"
+            )]
             let waited = self.waited_ns.load(Ordering::Relaxed) as f64 / 1e6;
             if held {
                 let (backend, fence) = match state {

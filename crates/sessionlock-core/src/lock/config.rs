@@ -116,6 +116,14 @@ pub enum Route {
 
 impl LockConfig {
     /// Checks every option; nothing is connected yet.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Value` if an option is out of its domain: `prefix` contains NUL,
+    /// `min_replicas` is negative, `ttl`, `max_hold`, `connect_timeout` or
+    /// `replica_timeout` is not positive and finite, `wait` is NaN, infinite or negative,
+    /// `fallback` is neither `"local"` nor `"raise"`, or the Redis URL (or the `REDIS_*`
+    /// environment it falls back to) is invalid.
     pub fn new(o: &LockOptions<'_>) -> Result<Self> {
         check_prefix(&o.prefix)?;
         if o.min_replicas < 0 {
@@ -178,6 +186,11 @@ impl LockConfig {
 
     /// (token, pttl ms) of the holder, from Redis or, in an outage, the local table.
     /// Blocking: call it where waiting is allowed (the binding releases the GIL).
+    ///
+    /// # Errors
+    ///
+    /// Those of [`LockConfig::route`], and `Error::Unavailable` if the Redis call fails and
+    /// the fallback is `"raise"`.
     pub fn holder(&self, names: &Names) -> Result<Option<(String, i64)>> {
         match self.route()? {
             Route::Redis(conn) => {
@@ -211,6 +224,11 @@ impl LockConfig {
 
     /// Deletes the lock whoever holds it (an operator's tool); true if there was one.
     /// Blocking, like [`LockConfig::holder`].
+    ///
+    /// # Errors
+    ///
+    /// Those of [`LockConfig::route`], and `Error::Unavailable` if the Redis call fails and
+    /// the fallback is `"raise"`.
     pub fn force_release(&self, names: &Names) -> Result<bool> {
         match self.route()? {
             Route::Redis(conn) => {
@@ -234,11 +252,22 @@ impl LockConfig {
     }
 
     /// The connections to this lock's Redis (made on first use).
+    ///
+    /// # Errors
+    ///
+    /// `Error::Value` if the Redis client refuses the target (see [`Process::conn`]).
+    ///
+    /// [`Process::conn`]: crate::redis::Process::conn
     pub fn conn(&self) -> Result<Arc<Conn>> {
         process().conn(&self.target, self.connect_timeout)
     }
 
     /// Redis unless an outage is in progress and the next probe is not due yet.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`LockConfig::conn`], and `Error::Unavailable` during an outage (next probe
+    /// not due yet) when the fallback is `"raise"`.
     pub fn route(&self) -> Result<Route> {
         let conn = self.conn()?;
         let probe_due = {
@@ -305,6 +334,11 @@ impl LockConfig {
         }
     }
 
+    /// The lock's lease, or `ttl` seconds if given.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Value` if `ttl` is given and is not positive and finite.
     pub fn ttl_for(&self, ttl: Option<f64>) -> Result<Duration> {
         match ttl {
             None => Ok(self.ttl),
@@ -312,6 +346,11 @@ impl LockConfig {
         }
     }
 
+    /// The lock's default wait, or `wait` seconds if given.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Value` if `wait` is given and is NaN, infinite or negative.
     pub fn wait_for(&self, wait: Option<f64>) -> Result<Duration> {
         match wait {
             None => Ok(self.wait),
@@ -321,6 +360,10 @@ impl LockConfig {
 }
 
 /// A lock prefix: anything but NUL.
+///
+/// # Errors
+///
+/// `Error::Value` if `prefix` contains NUL.
 pub fn check_prefix(prefix: &str) -> Result<()> {
     if prefix.contains('\0') {
         return Err(Error::Value("prefix must not contain NUL".into()));

@@ -87,6 +87,10 @@ pub struct Handle {
 impl Handle {
     /// A pending handle for `key` (checked by the caller: non-empty, no NUL) with its own
     /// random token. Refused once the lock is closed.
+    ///
+    /// # Errors
+    ///
+    /// `Error::State` if the lock is closed.
     pub fn new(config: &Arc<LockConfig>, key: &str, ttl: Duration, wait: Duration) -> Result<Self> {
         if config.closed.load(Ordering::Acquire) {
             return Err(Error::State("this RedisLock is closed".into()));
@@ -177,6 +181,10 @@ impl Handle {
     }
 
     /// Claims a pending handle for acquisition; false if it is already settled.
+    ///
+    /// # Errors
+    ///
+    /// `Error::State` if an acquisition of this handle is already running.
     pub fn claim(&self) -> Result<bool> {
         let mut st = self.state.lock();
         match *st {

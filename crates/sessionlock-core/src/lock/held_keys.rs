@@ -98,7 +98,7 @@ const SWEEP_MIN: usize = 64;
 /// What `enter` found.
 pub enum Entered {
     Taken,
-    /// Queued behind `holder` (its token, for logs and LockTimeout messages).
+    /// Queued behind `holder` (its token, for logs and `LockTimeout` messages).
     Queued {
         ticket: Arc<Ticket>,
         holder: String,
@@ -326,6 +326,11 @@ impl Entry {
     }
 
     /// Waits (GIL released by the caller) at most until `until`; true once taken.
+    ///
+    /// # Panics
+    ///
+    /// Never in practice: an entry that is not taken was queued, and queued entries have a
+    /// ticket.
     pub fn wait_sync(&mut self, until: Instant) -> bool {
         if !self.taken {
             let ticket = self.ticket.clone().expect("queued entries have a ticket");
@@ -334,6 +339,11 @@ impl Entry {
         self.taken
     }
 
+    /// [`Entry::wait_sync`] for async callers.
+    ///
+    /// # Panics
+    ///
+    /// As [`Entry::wait_sync`]: never in practice.
     pub async fn wait_async(&mut self, until: Instant) -> bool {
         if !self.taken {
             let ticket = self.ticket.clone().expect("queued entries have a ticket");

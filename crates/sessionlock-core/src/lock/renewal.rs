@@ -201,6 +201,12 @@ impl Handle {
 
     /// Releases the lock if this handle holds it; false if it was not held (any more).
     /// Blocking, at most until the local lease deadline (past it nothing is left to free).
+    /// A Redis call that fails is logged and counts as "not held", not as an error.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Value` if the connections to the lock's Redis cannot be set up
+    /// (`LockConfig::conn`).
     pub fn release_sync(&self) -> Result<bool> {
         let ok = match self.release_step()? {
             ReleaseStep::NotHeld => return Ok(false),
@@ -217,6 +223,10 @@ impl Handle {
     }
 
     /// [`Handle::release_sync`] on the runtime.
+    ///
+    /// # Errors
+    ///
+    /// As [`Handle::release_sync`].
     pub async fn release_async(&self) -> Result<bool> {
         let ok = match self.release_step()? {
             ReleaseStep::NotHeld => return Ok(false),
@@ -259,6 +269,12 @@ impl Handle {
     /// Asks the backend whether this handle still owns the lock. The question to Redis
     /// waits at most until the local lease deadline: past it the answer is "no".
     /// `Err` only when Redis could not be asked before the deadline.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Unavailable` if Redis could not be asked before the deadline (and the
+    /// handle is not lost meanwhile); `Error::Value` if the connections to the lock's Redis
+    /// cannot be set up (`LockConfig::conn`).
     pub fn is_held_sync(&self) -> Result<bool> {
         let HandleState::Held { backend, .. } = *self.state.lock() else {
             return Ok(false);
@@ -294,6 +310,11 @@ impl Handle {
     /// deadline; before it, Redis is asked (waiting at most until the deadline). If Redis
     /// cannot be asked before the deadline, the confirmed lease still covers the caller.
     /// Blocking.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Lost` if the handle is a forked child's copy, is lost, does not hold the
+    /// lock, or Redis says the key is gone or owned by another token.
     pub fn ensure_held(&self) -> Result<()> {
         if self.inherited() {
             return Err(Error::Lost(format!(
@@ -321,6 +342,16 @@ impl Handle {
         }
     }
 
+    /// Renews the lease for `ttl` (on Redis, or in the in-process table for a local hold);
+    /// `Ok(true)` once the new lease is confirmed, `Ok(false)` if this handle does not hold
+    /// the lock (any more): a forked child's copy, not held, or lost (a key found gone or
+    /// taken marks the handle lost). Blocking.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Unavailable` if the extend call to Redis fails or too few replicas
+    /// acknowledge it (`min_replicas`); `Error::Value` if the connections to the lock's
+    /// Redis cannot be set up (`LockConfig::conn`).
     pub fn extend_sync(&self, ttl: Duration) -> Result<bool> {
         if self.inherited() {
             self.warn_inherited("extend");

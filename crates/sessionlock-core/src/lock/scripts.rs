@@ -11,7 +11,7 @@
 //! | `K`               | string | the lease: value = holder token          | the lease (PX) |
 //! | `K \0fence`       | string | last fencing token handed out            | the lease      |
 //! | `K \0queue`       | zset   | waiters in arrival order (score = µs)    | <= 3 s idle    |
-//! | `K \0waiters`     | hash   | waiter token -> "deadline_ms:ttl_ms"     | same as queue  |
+//! | `K \0waiters`     | hash   | waiter token -> `deadline_ms:ttl_ms`     | same as queue  |
 //! | `K \0released`    | pubsub | hand-off notices "token:fence"           | (a channel)    |
 //!
 //! User keys and prefixes may not contain NUL, so no `\0` name can be another lock's key.
@@ -184,7 +184,7 @@ local function grant_next(quiet)
 end
 ";
 
-/// ARGV: token, ttl_ms, queue_ms (0: do not queue).
+/// ARGV: token, `ttl_ms`, `queue_ms` (0: do not queue).
 /// Returns `{1, fence, '', 0}` when the caller holds the lock (taken now, or handed to it
 /// while it waited), else `{0, holder_pttl, holder_token, holder_fence}` (and queues the
 /// caller). A hand-off notice whose fence is not above `holder_fence` predates this call:
@@ -252,7 +252,7 @@ grant_next(nil)
 return had
 ";
 
-/// KEYS: lock, fence. ARGV: token, ttl_ms. Compare-and-pexpire (the fence key lives as
+/// KEYS: lock, fence. ARGV: token, `ttl_ms`. Compare-and-pexpire (the fence key lives as
 /// long as the lease). Also the claim of a hand-off. Returns 1 if the caller holds it.
 pub const EXTEND: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end

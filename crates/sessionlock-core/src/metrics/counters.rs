@@ -17,7 +17,7 @@ pub struct Metrics {
     /// Waits that ended with the lock (`acquired`) or without it (`timeout`).
     pub wait_acquired: Histogram,
     pub wait_timeout: Histogram,
-    /// Unused by BaseSessionManager, whose holds are recorded by its `KeyLocks::hold`.
+    /// Unused by `BaseSessionManager`, whose holds are recorded by its `KeyLocks::hold`.
     pub hold: Histogram,
     pub redis_errors: AtomicU64,
     /// This lock's last Redis call failed and it serves (would serve) the local fallback.

@@ -52,6 +52,10 @@ fn wait_cmd(
 impl SyncConn {
     /// How many replicas acknowledged this connection's writes to `key`'s master, waiting
     /// up to `timeout` for `replicas` of them.
+    ///
+    /// # Errors
+    ///
+    /// The Redis error if the WAIT fails (connection, timeout, or an error reply).
     pub fn wait_replicas(
         &mut self,
         key: &str,
@@ -66,6 +70,10 @@ impl SyncConn {
     }
 
     /// Sets how long a reply may take on this connection (every node of a cluster).
+    ///
+    /// # Errors
+    ///
+    /// The Redis error if the socket refuses the timeout (e.g. a zero duration).
     pub fn set_read_timeout(&self, dur: Option<Duration>) -> redis::RedisResult<()> {
         match self {
             SyncConn::Node(c) => c.set_read_timeout(dur),
@@ -140,6 +148,10 @@ pub enum AConn {
 impl AConn {
     /// See [`SyncConn::wait_replicas`]. Clones of one multiplexed connection share it, so
     /// the WAIT counts the write made through any clone before it.
+    ///
+    /// # Errors
+    ///
+    /// As [`SyncConn::wait_replicas`].
     pub async fn wait_replicas(
         &mut self,
         key: &str,
@@ -248,6 +260,11 @@ impl Conn {
     /// Runs `f` on a pooled blocking connection (the caller has released the GIL). An idle
     /// connection that turns out dead (Redis restarted while it sat in the pool) is
     /// replaced and `f` retried once on a fresh one; every script is safe to repeat.
+    ///
+    /// # Errors
+    ///
+    /// The Redis error if no connection can be made, or what `f` returns (after the one
+    /// retry, for a broken pooled connection).
     pub fn sync<T>(
         &self,
         f: impl FnMut(&mut SyncConn) -> redis::RedisResult<T>,
@@ -257,6 +274,10 @@ impl Conn {
 
     /// [`Conn::sync`] for a call that is pointless after `until` (a lease deadline): no
     /// retry once it has passed.
+    ///
+    /// # Errors
+    ///
+    /// As [`Conn::sync`].
     pub fn sync_until<T>(
         &self,
         until: Option<Instant>,
@@ -286,6 +307,10 @@ impl Conn {
 
     /// Every key matching `pattern` (SCAN ... MATCH, on every master of a cluster in turn).
     /// SCAN may return a key twice: callers dedup. Call with the GIL released.
+    ///
+    /// # Errors
+    ///
+    /// The Redis error of the first command that fails (connect, `CLUSTER NODES`, SCAN).
     pub fn scan_keys(&self, pattern: &str) -> redis::RedisResult<Vec<Vec<u8>>> {
         self.sync(|c| {
             let mut out = Vec::new();
@@ -314,6 +339,10 @@ impl Conn {
 
     /// Deletes `keys` (UNLINK; one key per command on a cluster, where they span slots).
     /// Returns how many existed. Call with the GIL released.
+    ///
+    /// # Errors
+    ///
+    /// The Redis error of the first command that fails (keys before it may be deleted).
     pub fn unlink(&self, keys: &[Vec<u8>]) -> redis::RedisResult<usize> {
         if keys.is_empty() {
             return Ok(0);
@@ -333,6 +362,10 @@ impl Conn {
     }
 
     /// The shared multiplexed connection (reconnects after a failure).
+    ///
+    /// # Errors
+    ///
+    /// The Redis error if a new connection is needed and cannot be made.
     pub async fn aconn(&self) -> redis::RedisResult<AConn> {
         let mut guard = self.aconn.lock().await;
         if let Some(c) = guard.as_ref() {
@@ -358,6 +391,11 @@ impl Conn {
 
     /// Runs one script on the multiplexed connection; a connection that turns out dead is
     /// replaced and the script retried once (every script is safe to repeat).
+    ///
+    /// # Errors
+    ///
+    /// The Redis error if no connection can be made or the script fails (after the one
+    /// retry, for a broken connection).
     pub async fn run_async<T: redis::FromRedisValue>(
         &self,
         inv: &redis::ScriptInvocation<'_>,
@@ -381,6 +419,11 @@ impl Conn {
     /// One script, then (if it reported a write, `wrote`) WAIT for `replicas` on the same
     /// connection. Returns the script's result and the replicas that
     /// acknowledged (`i64::MAX` when nothing was written).
+    ///
+    /// # Errors
+    ///
+    /// The Redis error if no connection can be made, or the script or the WAIT fails (no
+    /// retry). Too few acknowledgements are not an error here: the caller compares.
     pub async fn run_async_replicated<T: redis::FromRedisValue>(
         &self,
         inv: &redis::ScriptInvocation<'_>,

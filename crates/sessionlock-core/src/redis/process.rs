@@ -49,6 +49,11 @@ extern "C" fn forget_pid_in_child() {
 }
 
 /// The current process id (right in a forked child too).
+///
+/// # Panics
+///
+/// If `pthread_atfork` fails (it can only run out of memory): a forked child would then
+/// keep its parent's cached pid.
 pub fn pid() -> u32 {
     static ONCE: std::sync::Once = std::sync::Once::new();
     let p = PID.load(Ordering::Relaxed);
@@ -67,6 +72,10 @@ pub fn pid() -> u32 {
 }
 
 /// This process's state (a fresh one in a forked child).
+///
+/// # Panics
+///
+/// If the tokio runtime cannot be started (the OS refuses its thread), or as [`pid`].
 pub fn process() -> Arc<Process> {
     let pid = pid();
     let mut slot = PROCESS.lock();
@@ -111,6 +120,11 @@ pub fn take_runtime() -> Option<tokio::runtime::Runtime> {
 
 impl Process {
     /// The connections to `target` (created on first use; no I/O here).
+    ///
+    /// # Errors
+    ///
+    /// `Error::Value` if the Redis client refuses the target (its URL was checked when the
+    /// `Target` was made, so this is not expected).
     pub fn conn(&self, target: &Target, connect_timeout: Duration) -> Result<Arc<Conn>> {
         let mut map = self.conns.lock();
         if let Some(c) = map.get(target.url()) {

@@ -134,6 +134,15 @@ impl Conn {
     }
 
     /// Makes sure this process listens for hand-off notices of `prefix`.
+    ///
+    /// # Errors
+    ///
+    /// The Redis error if the pub/sub connection cannot be made or PSUBSCRIBE fails, or a
+    /// timed-out I/O error if either takes longer than its timeout.
+    ///
+    /// # Panics
+    ///
+    /// Never in practice: the subscriber's sink is set just above whenever it was missing.
     pub async fn listen(self: &Arc<Self>, prefix: &str) -> redis::RedisResult<()> {
         let pattern = channel_pattern(prefix);
         {

@@ -132,6 +132,12 @@ fn topology_of(
 impl Target {
     /// `url`, else `REDIS_URL`, else `REDIS_HOST`/`REDIS_PORT`/`REDIS_DB`/`REDIS_PASSWORD`,
     /// else `redis://localhost:6379/0`. `env` is passed in so the rule is testable.
+    ///
+    /// # Errors
+    ///
+    /// `Error::Value` if `REDIS_PORT` is not a port or `REDIS_DB` not a number (when they
+    /// are used), or the URL is malformed, has an unsupported scheme, or the Redis client
+    /// refuses it.
     pub fn resolve(url: Option<&str>, env: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
         let env = |k: &str| env(k).filter(|v| !v.is_empty());
         let url = match (url, env("REDIS_URL")) {

@@ -51,7 +51,7 @@ local function deadline_of(v)
 end
 ";
 
-/// KEYS: session. ARGV: idle_ms. Read and refresh the idle clock when the session also
+/// KEYS: session. ARGV: `idle_ms`. Read and refresh the idle clock when the session also
 /// has an absolute deadline. Returns the stored value or nil.
 pub const GET_REFRESH_BODY: &str = r"
 local k, idle = KEYS[1], tonumber(ARGV[1])
@@ -68,7 +68,7 @@ end
 return v
 ";
 
-/// KEYS: session. ARGV: idle_ms. `touch`: refresh the idle clock without reading the
+/// KEYS: session. ARGV: `idle_ms`. `touch`: refresh the idle clock without reading the
 /// body. Returns 1 if the session exists.
 pub const TOUCH_BODY: &str = r"
 local k, idle = KEYS[1], tonumber(ARGV[1])
@@ -85,8 +85,8 @@ end
 return 1
 ";
 
-/// KEYS: session. ARGV: body, idle_ms, abs_ms, head, deadline_ms, head_len, fresh (0/1).
-/// `set_session`: overwrite (keeping the stored head, so the absolute deadline) or create
+/// KEYS: session. ARGV: body, `idle_ms`, `abs_ms`, head, `deadline_ms`, `head_len`,
+/// fresh (0/1). `set_session`: overwrite (keeping the stored head, so the absolute deadline) or create
 /// (with the proposed head); `fresh` = 1 replaces the stored head too (the client found it
 /// unreadable). Returns the previous value, nil, or `{'skew', now}` (nothing written).
 pub const SET_BODY: &str = r"
@@ -107,7 +107,8 @@ store(k, head .. body, px_for(dl, idle, now))
 return old
 ";
 
-/// KEYS: session. ARGV: body, idle_ms, abs_ms, want_existing (0/1), head, deadline_ms.
+/// KEYS: session. ARGV: body, `idle_ms`, `abs_ms`, `want_existing` (0/1), head,
+/// `deadline_ms`.
 /// Create only if absent (`SET NX` semantics, in a script so the proposed deadline is checked
 /// against the server clock). Returns 1 when stored; `{'skew', now}` when the deadline is off;
 /// otherwise the existing value if `want_existing`, else 0.
@@ -131,8 +132,8 @@ end
 return 1
 ";
 
-/// KEYS: session, lock. ARGV: token, body, idle_ms, head_len. Write-back under a distributed
-/// lock: only if the lock key still holds our token (else -1: the lock was lost) and only if
+/// KEYS: session, lock. ARGV: token, body, `idle_ms`, `head_len`. Write-back under a
+/// distributed lock: only if the lock key still holds our token (else -1: the lock was lost) and only if
 /// the session still exists (else 0: deleted meanwhile, never resurrected). Returns 1 when
 /// written; the stored head (absolute deadline and its tag) is kept.
 pub const WRITE_BACK_BODY: &str = r"

@@ -111,6 +111,12 @@ impl Signer {
 
     /// The payload of a stored value, checked (header, and both tags when signing) before
     /// anyone decodes it.
+    ///
+    /// # Errors
+    ///
+    /// `Reject::Header` if `stored` does not start with a well-formed header;
+    /// `Reject::Signature` (when signing) if it is too short to hold both tags or a tag
+    /// does not match.
     pub fn open<'a>(&self, redis_key: &[u8], stored: &'a [u8]) -> Result<&'a [u8], Reject> {
         let body = strip_header(stored).ok_or(Reject::Header)?;
         let Some(k) = &self.key else {
