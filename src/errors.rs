@@ -40,9 +40,12 @@ impl From<sessionlock_core::Error> for Error {
             sessionlock_core::Error::Timeout(m) => Error::Timeout(m),
             sessionlock_core::Error::Lost(m) => Error::Lost(m),
             sessionlock_core::Error::Unavailable(m) => Error::Unavailable(m),
-            sessionlock_core::Error::State(m) => {
+            sessionlock_core::Error::State(m) | sessionlock_core::Error::Redis(m) => {
                 Error::Py(pyo3::exceptions::PyRuntimeError::new_err(m))
             }
+            sessionlock_core::Error::Corrupted(m) => Error::Corrupted(m),
+            sessionlock_core::Error::Deadlock(m) => Error::Deadlock(m),
+            sessionlock_core::Error::NotOwned(m) => Error::NotOwned(m),
         }
     }
 }

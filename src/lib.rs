@@ -8,8 +8,9 @@
 //! - `local/`: `BaseSessionManager` (`manager`) and `SessionLock` (`session_lock`);
 //! - `lock/`: `RedisLock` / `RecommendationLock` and `LockHandle` over the core's
 //!   `lock::LockConfig` and `lock::Handle`;
-//! - `session/`: `RedisSessionManager`, its lock and codecs, its Redis reads and writes
-//!   (its per-session lock is a core `lock::Handle` too);
+//! - `session/`: `RedisSessionManager`, its lock and codecs over the core's
+//!   `session::RedisSessions` (every Redis read and write; the per-session lock is a core
+//!   `lock::Handle` too);
 //! - `runtime` (pyo3-async-runtimes on the core's fork-aware tokio runtime; the atexit
 //!   shutdown), `owner` (which thread or asyncio task is running), `log` (the `sessionlock`
 //!   logger and the sink of the core's log hook), `errors` (the exception types and the one

@@ -10,13 +10,7 @@ use pyo3::types::PyDict;
 
 use sessionlock_core::local::keylock::Owner;
 
-/// A process-unique id of the calling OS thread (never reused, unlike `get_ident()`).
-#[must_use]
-pub fn thread_id() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    thread_local!(static ID: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
-    ID.with(|id| *id)
-}
+pub use sessionlock_core::local::keylock::thread_id;
 
 /// Bumped in the child after `os.fork()` (see `register`): per-thread caches keyed on
 /// Python objects are void there.

@@ -9,14 +9,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyType};
 
 use super::manager::helpers;
-use super::store::{bump, SessionStore, Token, FOREVER};
+use super::store::{bump, SessionStore, FOREVER};
 use crate::errors::{Error, Result};
 use crate::log;
 use crate::owner::current_owner;
 use crate::runtime::ForkSafeRuntime;
 use sessionlock_core::limits;
 use sessionlock_core::local::keylock::Owner;
-use sessionlock_core::lock::{Handle, OwnedHandle};
+use sessionlock_core::lock::OwnedHandle;
 
 /// An acquisition of a session lock between `_astart` (on the runtime) and `_aregister`
 /// (on the loop's thread), passed through the private Python helper. Dropped before it was
@@ -188,12 +188,7 @@ impl PyRedisSessionLock {
 
     fn _is_owned(&self, py: Python<'_>) -> Result<bool> {
         let (owner, _) = current_owner(py)?;
-        Ok(self
-            .st
-            .held
-            .lock()
-            .get(&self.sid)
-            .is_some_and(|h| h.owner == owner))
+        Ok(self.st.holds(&self.sid, owner))
     }
 
     fn __enter__(&self, py: Python<'_>) -> Result<Py<PyAny>> {
@@ -280,26 +275,26 @@ impl PyRedisSessionLock {
                 Err(e) => result = Err(e),
                 Ok(Some(b)) => {
                     if let Some((t, lock)) = &token {
-                        result = awrite_back(&st, &sid, t, lock, &b).await.and_then(|w| {
-                            if !w && strict {
-                                Err(Error::NotFound(format!(
-                                    "session {sid:?} was deleted during update()"
-                                )))
-                            } else {
-                                Ok(())
-                            }
-                        });
+                        result = st
+                            .awrite_back(&sid, t, lock, &b)
+                            .await
+                            .map_err(Error::from)
+                            .and_then(|w| {
+                                if !w && strict {
+                                    Err(Error::NotFound(format!(
+                                        "session {sid:?} was deleted during update()"
+                                    )))
+                                } else {
+                                    Ok(())
+                                }
+                            });
                     }
                 }
                 Ok(None) => {}
             }
             let mut lost = false;
             if let Some(h) = handle {
-                let _ = h.release_async().await;
-                lost = h.is_lost();
-                if lost {
-                    bump(&st.stats.lock_lost);
-                }
+                lost = st.arelease(&h).await;
             }
             if result.is_ok() && clean && lost {
                 result = Err(Error::Lost(format!(
@@ -338,11 +333,7 @@ impl PyRedisSessionLock {
     ) -> Result<Bound<'py, PyAny>> {
         let st = self.st.clone();
         let (owner, _) = current_owner(py)?;
-        let reentrant = st
-            .held
-            .lock()
-            .get(&self.sid)
-            .is_some_and(|h| h.owner == owner);
+        let reentrant = st.holds(&self.sid, owner);
         let wait = match timeout {
             Some(t) => Duration::from_secs_f64(
                 limits::optional_timeout("timeout", Some(t))?
@@ -388,7 +379,7 @@ impl PyRedisSessionLock {
                         if let Some(h) = out_handle {
                             let _ = h.release_async().await;
                         }
-                        return Err(e.into());
+                        return Err(Error::from(e).into());
                     }
                 }
             } else {
@@ -413,14 +404,8 @@ impl PyRedisSessionLock {
         let (owner, _) = current_owner(py)?;
         match handle {
             None => {
-                let mut held = self.st.held.lock();
-                match held.get_mut(&self.sid) {
-                    Some(h) if h.owner == owner => {
-                        h.depth += 1;
-                        Ok(true)
-                    }
-                    _ => Err(Error::NotOwned("re-entered a hold that is gone".into())),
-                }
+                self.st.reenter_held(&self.sid, owner)?;
+                Ok(true)
             }
             Some(hold) => {
                 let Some(h) = hold.handle.lock().take() else {
@@ -484,7 +469,7 @@ impl PyRedisSessionLock {
         let st = self.st.clone();
         let key = st.key(&self.sid);
         let fut = async move {
-            let raw = st.afetch(&key).await?;
+            let raw = st.afetch(&key).await.map_err(Error::from)?;
             Python::attach(|py| -> PyResult<Py<PyAny>> {
                 Ok(match raw {
                     Some(r) => PyBytes::new(py, &r).into_any().unbind(),
@@ -521,12 +506,7 @@ impl PyRedisSessionLock {
     fn _acreating(&self, py: Python<'_>, on: bool) -> Result<()> {
         let (owner, _) = current_owner(py)?;
         if on {
-            let creating = self
-                .st
-                .held
-                .lock()
-                .get(&self.sid)
-                .is_some_and(|h| h.owner == owner && h.creating);
+            let creating = self.st.creating(&self.sid, owner);
             if creating {
                 return Err(Error::Deadlock(format!(
                     "aget_or_create({:?}) was called again from its own factory",
@@ -550,7 +530,7 @@ impl PyRedisSessionLock {
         let key = st.key(&self.sid);
         let body = st.encode(&key, value)?;
         let fut = async move {
-            let existing = st.ainsert(&key, &body).await?;
+            let existing = st.ainsert(&key, &body).await.map_err(Error::from)?;
             Python::attach(|py| -> PyResult<Py<PyAny>> {
                 Ok(match existing {
                     Some(r) => PyBytes::new(py, &r).into_any().unbind(),
@@ -607,36 +587,5 @@ impl PyRedisSessionLock {
             _,
             (),
         >(py, fut)?)
-    }
-}
-
-async fn awrite_back(
-    st: &SessionStore,
-    sid: &str,
-    t: &Token,
-    lock: &Handle,
-    body: &[u8],
-) -> Result<bool> {
-    if lock.is_lost() {
-        return Err(lock.lost_error().into());
-    }
-    let key = st.key(sid);
-    let inv = st.write_back_inv(&key, t, body);
-    let conn = st.conn()?;
-    let r = async {
-        let mut c = conn.aconn().await?;
-        inv.invoke_async::<i64>(&mut c).await
-    }
-    .await;
-    match st.async_result(&conn, r).await? {
-        1 => {
-            bump(&st.stats.write_backs);
-            Ok(true)
-        }
-        0 => Ok(false),
-        _ => {
-            lock.set_lost();
-            Err(lock.lost_error().into())
-        }
     }
 }

@@ -1,8 +1,7 @@
 //! The `RedisSessionManager` pyclass: argument checks, the sync methods (GIL released
 //! around every round trip) and the entry points of the async ones.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,16 +13,13 @@ use pyo3::{PyTraverseError, PyVisit};
 
 use super::codec::{Codec, Kind};
 use super::lock::PyRedisSessionLock;
-use super::store::{bump, sid_of_key, store_of, SessionStore, Stats, TOUCH};
+use super::store::{bump, sid_of_key, store_of, SessionStore, TOUCH};
 use crate::errors::{Error, Result};
 use crate::local::args::{check_callable, session_id as checked_id};
 use crate::log::{self, WARNING};
 use crate::owner::current_owner;
 use sessionlock_core::limits;
-use sessionlock_core::lock::{LockConfig, LockOptions};
-use sessionlock_core::redis::Target;
-use sessionlock_core::session::scripts;
-use sessionlock_core::session::value::Signer;
+use sessionlock_core::session::{RedisSessions, SessionOptions};
 
 /// Calls the coroutine function `name` of `_redis_session.py` with a fresh lock of session
 /// `sid` and `arg` (the async forms chain the native awaitables there, so the codec,
@@ -103,88 +99,42 @@ impl PyRedisSessionManager {
         replica_timeout: f64,
         name: Option<&str>,
     ) -> Result<()> {
-        if prefix.is_empty() {
-            return Err(Error::Value("prefix must not be empty".into()));
-        }
-        if prefix.contains('\0') {
-            return Err(Error::Value("prefix must not contain NUL".into()));
-        }
-        let idle_ms = limits::ttl_ms("idle_ttl", idle_ttl)?;
-        let abs_ms = limits::ttl_ms("absolute_ttl", absolute_ttl)?;
-        let lock_ttl_d = limits::positive_secs("lock_ttl", lock_ttl)?;
-        let lock_wait_d = limits::non_negative_secs("lock_wait", lock_wait)?;
         let codec = match codec {
             None => Codec::new(PyString::new(py, "json").as_any())?,
             Some(c) => Codec::new(c)?,
         };
         let secret: Option<Vec<u8>> = match secret.filter(|s| !s.is_none()) {
-            Some(s) => {
-                let b = if let Ok(s) = s.cast::<PyString>() {
-                    s.to_str()?.as_bytes().to_vec()
-                } else if let Ok(b) = s.cast::<PyBytes>() {
-                    b.as_bytes().to_vec()
-                } else {
-                    return Err(Error::Type(format!(
-                        "secret must be bytes or str, not {}",
-                        s.get_type().name()?
-                    )));
-                };
-                Some(b)
-            }
-            None => std::env::var("SESSIONLOCK_SECRET")
-                .ok()
-                .filter(|s| !s.is_empty())
-                .map(String::into_bytes),
+            Some(s) => Some(if let Ok(s) = s.cast::<PyString>() {
+                s.to_str()?.as_bytes().to_vec()
+            } else if let Ok(b) = s.cast::<PyBytes>() {
+                b.as_bytes().to_vec()
+            } else {
+                return Err(Error::Type(format!(
+                    "secret must be bytes or str, not {}",
+                    s.get_type().name()?
+                )));
+            }),
+            None => None,
         };
-        if let Some(s) = &secret {
-            if s.len() < 16 {
-                return Err(Error::Value(
-                    "secret must be at least 16 bytes (use secrets.token_hex(32))".into(),
-                ));
-            }
-        }
-        if codec.kind == Kind::Pickle && secret.is_none() {
+        let sessions = RedisSessions::new(&SessionOptions {
+            url,
+            prefix,
+            idle_ttl,
+            absolute_ttl,
+            secret,
+            lock_ttl,
+            lock_wait,
+            min_replicas,
+            replica_timeout,
+        })?;
+        if codec.kind == Kind::Pickle && !sessions.signed() {
             return Err(Error::Value(
                 "codec=\"pickle\" requires a secret (argument or SESSIONLOCK_SECRET): unsigned \
                  pickles in Redis would let anyone who can write to Redis run code here"
                     .into(),
             ));
         }
-        let target = Target::resolve(url, &|k| std::env::var(k).ok())?;
-        let lock_prefix = scripts::lock_prefix(&prefix);
-        // The session locks: the core's lock engine, raising instead of falling back (a
-        // process-local lock would not protect a session other processes share). Their
-        // acquires and renewals wait for the replicas (checked there).
-        let lock = Arc::new(LockConfig::new(&LockOptions {
-            url,
-            prefix: lock_prefix.clone(),
-            ttl: lock_ttl_d.as_secs_f64(),
-            wait: lock_wait_d.as_secs_f64(),
-            auto_renew: true,
-            max_hold: None,
-            fallback: "raise",
-            connect_timeout: 1.0,
-            min_replicas,
-            replica_timeout,
-        })?);
-        // reported as part of the manager, never on its own
-        lock.metrics.hide();
-        let store = SessionStore {
-            target,
-            prefix,
-            idle_ms,
-            abs_ms,
-            lock_wait: lock_wait_d,
-            connect_timeout: Duration::from_secs(1),
-            codec,
-            signer: Signer::new(secret.as_deref()),
-            clock_offset_ms: AtomicI64::new(0),
-            lock,
-            lock_prefix,
-            stats: Stats::default(),
-            metrics: sessionlock_core::metrics::Metrics::default(),
-            held: Mutex::new(HashMap::new()),
-        };
+        let store = SessionStore { sessions, codec };
         store.metrics.set_name(name);
         let store = Arc::new(store);
         let weak = Arc::downgrade(&store);
@@ -492,12 +442,7 @@ impl PyRedisSessionManager {
 
     fn clear(&self, py: Python<'_>) -> Result<usize> {
         let st = self.st()?;
-        let mut keys = st.scan(py)?;
-        keys.sort_unstable();
-        keys.dedup(); // SCAN may return a key twice
-        let conn = st.conn()?;
-        py.detach(|| conn.unlink(&keys))
-            .map_err(|e| st.map_err(&conn, &e))
+        Ok(py.detach(|| st.sessions.clear())?)
     }
 
     /// Every session id under the prefix (a SCAN: O(number of keys), for tests and admin).
@@ -519,7 +464,7 @@ impl PyRedisSessionManager {
         let d = PyDict::new(py);
         d.set_item("sessions", self.session_ids(py)?.len())?;
         // read under the mutex, then release it before any Python API runs
-        let locks = st.held.lock().len();
+        let locks = st.holds_count();
         d.set_item("locks", locks)?;
         for (name, c) in [
             ("hits", &s.hits),

@@ -18,6 +18,14 @@ pub enum Error {
     Unavailable(String),
     /// An object used in a state that does not allow it (Python `RuntimeError`).
     State(String),
+    /// Redis answered with an error that is not an outage (Python `RuntimeError`).
+    Redis(String),
+    /// A stored value is not what this library wrote, or was changed (`SessionCorrupted`).
+    Corrupted(String),
+    /// Waiting could only deadlock (`LockDeadlock`).
+    Deadlock(String),
+    /// A release or write by someone who does not hold the lock (`LockNotOwned`).
+    NotOwned(String),
 }
 
 impl std::fmt::Display for Error {
@@ -29,7 +37,11 @@ impl std::fmt::Display for Error {
             | Error::Timeout(m)
             | Error::Lost(m)
             | Error::Unavailable(m)
-            | Error::State(m) => f.write_str(m),
+            | Error::State(m)
+            | Error::Redis(m)
+            | Error::Corrupted(m)
+            | Error::Deadlock(m)
+            | Error::NotOwned(m) => f.write_str(m),
         }
     }
 }

@@ -3,11 +3,11 @@
 //! an interrupted wait, the async path and renewal, a lease lost when Redis dies, the local
 //! fallback, and the log hook.
 //!
-//! Without `redis-server` on PATH these tests print why and pass, unless
-//! `SESSIONLOCK_REQUIRE_REDIS=1` (set by `make test`, so CI cannot skip them silently).
+//! Without `redis-server` these tests pass with a note unless `SESSIONLOCK_REQUIRE_REDIS=1`
+//! (see `common/mod.rs`).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -16,66 +16,7 @@ use sessionlock_core::log::{self, Sink, DEBUG};
 use sessionlock_core::redis::process;
 use sessionlock_core::Error;
 
-/// A private redis-server, killed (SIGKILL) on drop.
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start() -> Option<Server> {
-        let found = Command::new("redis-server")
-            .arg("--version")
-            .stdout(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if !found {
-            assert!(
-                std::env::var_os("SESSIONLOCK_REQUIRE_REDIS").is_none(),
-                "redis-server is not installed (make deps installs it)"
-            );
-            eprintln!("redis-server not found: skipped");
-            return None;
-        }
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server starts");
-        let server = Server { child, port };
-        let until = Instant::now() + Duration::from_secs(10);
-        let client = redis::Client::open(server.url()).expect("a valid URL");
-        loop {
-            if let Ok(mut c) = client.get_connection() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return Some(server);
-                }
-            }
-            assert!(Instant::now() < until, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use common::Server;
 
 /// The log records of this test binary (the sink is process-wide: tests look only at
 /// records that name their own keys).
@@ -297,10 +238,7 @@ fn a_lease_is_lost_by_its_deadline_when_redis_dies() {
 
 #[test]
 fn an_unreachable_redis_falls_back_to_the_local_table_or_raises() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port(); // closed again: nothing listens there
+    let port = common::closed_port();
     let url = format!("redis://127.0.0.1:{port}/0");
     let local = config(&url, "t6:", 5.0, "local");
     let a = handle(&local, "k", Duration::from_secs(1));

@@ -48,6 +48,18 @@ const SHARDS: usize = 16;
 /// 0.5 ms).
 pub const FAIR_AFTER: Duration = Duration::from_micros(500);
 
+/// A process-unique id of the calling OS thread (1, 2, ... in order of first use; never
+/// reused, unlike Python's `get_ident()`): what owners and loop threads are compared by. A
+/// thread-local counter, no system call.
+#[inline]
+#[must_use]
+pub fn thread_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    thread_local!(static ID: u64 = NEXT.fetch_add(1, Ordering::Relaxed));
+    ID.with(|id| *id)
+}
+
 /// Who holds or waits: a thread, or an asyncio task (and the thread its loop runs on).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Owner {
