@@ -509,20 +509,26 @@ impl RedisSessions {
         Err(self.clock_error())
     }
 
+    /// The write-back script for `sid` under the hold `t`; `Lost` at once if the lock is
+    /// known to be lost (nothing is sent).
     fn write_back_inv(
         &self,
-        key: &str,
+        sid: &str,
         t: &Token,
+        lock: &Handle,
         body: &[u8],
-    ) -> redis::ScriptInvocation<'static> {
+    ) -> Result<redis::ScriptInvocation<'static>> {
+        if lock.is_lost() {
+            return Err(lock.lost_error());
+        }
         let mut inv = WRITE_BACK.prepare_invoke();
-        inv.key(key)
+        inv.key(self.key(sid))
             .key(&t.lock_key)
             .arg(&t.token)
             .arg(body)
             .arg(self.idle_ms)
             .arg(self.signer.head_len());
-        inv
+        Ok(inv)
     }
 
     // --- the in-process hold table ------------------------------------------------------
@@ -713,22 +719,9 @@ impl RedisSessions {
                 "the lock of session {sid:?} is not held by this thread or task"
             ))
         })?;
-        if lock.is_lost() {
-            return Err(lock.lost_error());
-        }
-        let key = self.key(sid);
-        let inv = self.write_back_inv(&key, &t, body);
-        match self.call(|c| inv.invoke::<i64>(c))? {
-            1 => {
-                bump(&self.stats.write_backs);
-                Ok(true)
-            }
-            0 => Ok(false),
-            _ => {
-                lock.set_lost();
-                Err(lock.lost_error())
-            }
-        }
+        let inv = self.write_back_inv(sid, &t, &lock, body)?;
+        let reply = self.call(|c| inv.invoke::<i64>(c))?;
+        self.written_back(&lock, reply)
     }
 
     /// [`RedisSessions::write_back`] on the runtime, with the hold's `token` and lock
@@ -745,18 +738,21 @@ impl RedisSessions {
         lock: &Handle,
         body: &[u8],
     ) -> Result<bool> {
-        if lock.is_lost() {
-            return Err(lock.lost_error());
-        }
-        let key = self.key(sid);
-        let inv = self.write_back_inv(&key, t, body);
+        let inv = self.write_back_inv(sid, t, lock, body)?;
         let conn = self.conn()?;
         let r = async {
             let mut c = conn.aconn().await?;
             inv.invoke_async::<i64>(&mut c).await
         }
         .await;
-        match self.async_result(&conn, r).await? {
+        let reply = self.async_result(&conn, r).await?;
+        self.written_back(lock, reply)
+    }
+
+    /// The write-back script's reply: 1 written, 0 the session is gone, else the lock is
+    /// another token's (lost: nothing was written).
+    fn written_back(&self, lock: &Handle, reply: i64) -> Result<bool> {
+        match reply {
             1 => {
                 bump(&self.stats.write_backs);
                 Ok(true)
