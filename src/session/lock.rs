@@ -354,7 +354,9 @@ impl PyRedisSessionLock {
         let debug = log::log_enabled(py, log::DEBUG);
         let fut = async move {
             let started = Instant::now();
-            let mut out_handle = None;
+            // From here the hold is a `PySessionHold`: if this future is dropped (the task
+            // was cancelled) before the loop registers it, the lock is given back at once.
+            let mut hold = None;
             if let Some((h, claimed)) = handle {
                 let got = h
                     .shared()
@@ -362,21 +364,19 @@ impl PyRedisSessionLock {
                     .await
                     .map_err(Error::from)?;
                 st.record_wait(started, got);
+                let h = PySessionHold::new(h);
                 if !got {
                     return Python::attach(|py| -> PyResult<Py<PyAny>> {
-                        Ok((PySessionHold::new(h), py.None())
-                            .into_pyobject(py)?
-                            .into_any()
-                            .unbind())
+                        Ok((h, py.None()).into_pyobject(py)?.into_any().unbind())
                     });
                 }
-                out_handle = Some(h);
+                hold = Some(h);
             }
             let raw = if fetch {
                 match st.afetch(&key).await {
                     Ok(r) => r,
                     Err(e) => {
-                        if let Some(h) = out_handle {
+                        if let Some(h) = hold.as_ref().and_then(PySessionHold::handle) {
                             let _ = h.release_async().await;
                         }
                         return Err(Error::from(e).into());
@@ -387,7 +387,6 @@ impl PyRedisSessionLock {
             };
             Python::attach(|py| -> PyResult<Py<PyAny>> {
                 let raw = raw.map(|r| PyBytes::new(py, &r).into_any().unbind());
-                let hold = out_handle.map(PySessionHold::new);
                 Ok((hold, raw).into_pyobject(py)?.into_any().unbind())
             })
         };
@@ -569,6 +568,11 @@ impl PySessionHold {
         Self {
             handle: Mutex::new(Some(handle)),
         }
+    }
+
+    /// The handle, while not registered yet.
+    fn handle(&self) -> Option<std::sync::Arc<sessionlock_core::lock::Handle>> {
+        self.handle.lock().as_ref().map(OwnedHandle::shared)
     }
 }
 
