@@ -3,8 +3,8 @@
 //! ([`glob`]), what a `CLUSTER NODES` reply says ([`cluster`]), and the connections
 //! themselves:
 //!
-//! - [`process`]: the per-process state (tokio runtime, connections per URL, held keys),
-//!   rebuilt in a forked child;
+//! - [`process`](mod@process): the per-process state (tokio runtime, connections per URL,
+//!   held keys), rebuilt in a forked child;
 //! - `source.rs`: how connections to a target are made (single, Cluster, Sentinel);
 //! - [`conn`]: the connections to one target (a small pool of blocking connections for
 //!   sync calls, one multiplexed connection for async calls and renewals, SCAN/UNLINK over
