@@ -24,6 +24,9 @@ use sessionlock_core::lock::OwnedHandle;
 /// of leaving a lease that runs out only after `lock_ttl`.
 #[pyclass(frozen, module = "sessionlock._sessionlock", name = "_SessionHold")]
 pub struct PySessionHold {
+    /// `Some` until `_aregister` moves the handle into the store's hold table (exactly
+    /// once: a second registration finds `None`). Locked only to take or clone the handle,
+    /// never across a call out, so no Python code and no round trip runs under it.
     handle: Mutex<Option<OwnedHandle>>,
 }
 
